@@ -1,0 +1,50 @@
+import { Command, CommanderError } from 'commander';
+import { StrataError, exitStatusFor } from '../errors.js';
+import { commandGroups } from './commands/index.js';
+
+/** Global flags every command sees (`--root`, `--storage-driver`, `--storage-opt`, `--debug`). */
+export interface GlobalOptions {
+  root?: string;
+  storageDriver?: string;
+  storageOpt: string[];
+  debug: boolean;
+}
+
+export function buildProgram(): Command {
+  const program = new Command('strata')
+    .description('container image storage engine (Docker storage drivers, no daemon)')
+    .option('--root <dir>', 'data root (default /var/lib/strata as root, else $XDG_DATA_HOME/strata)')
+    .option('-s, --storage-driver <name>', 'storage driver (default: overlay2 where it can mount, else vfs)')
+    .option('--storage-opt <key=value>', 'driver option (repeatable)', (value: string, acc: string[]) => [...acc, value], [] as string[])
+    .option('-D, --debug', 'print stack traces on errors', false)
+    .showHelpAfterError(false)
+    .exitOverride();
+  for (const register of commandGroups) register(program);
+  return program;
+}
+
+/** Run the CLI; returns the exit status. Errors print one line on stderr (a stack with --debug). */
+export async function main(argv: string[]): Promise<number> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+    return 0;
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      // commander has already printed help/version/usage errors
+      return err.exitCode === 0 ? 0 : 2;
+    }
+    const debug = argv.includes('--debug') || argv.includes('-D');
+    if (debug && err instanceof Error) process.stderr.write(`${err.stack}\n`);
+    else process.stderr.write(`strata: ${err instanceof Error ? err.message : String(err)}\n`);
+    if (err instanceof StrataError) return exitStatusFor(err.category);
+    return 1;
+  }
+}
+
+/** The global options of the program a subcommand belongs to. */
+export function globalsOf(command: Command): GlobalOptions {
+  let top = command;
+  while (top.parent) top = top.parent;
+  return top.opts() as GlobalOptions;
+}

@@ -1,0 +1,46 @@
+import { open, rename, mkdir, rm } from 'node:fs/promises';
+import { dirname, basename, join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+
+/** fsync a directory so a rename or create inside it survives a crash. */
+export async function fsyncDir(dir: string): Promise<void> {
+  const handle = await open(dir, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+/**
+ * Replace `path` with `data` atomically: write a temp file beside it, fsync, rename over, fsync
+ * the directory. A crash leaves either the old content or the new, never a torn file (at worst a
+ * stray `.tmp-*` sibling, which sweepers may delete).
+ */
+export async function writeFileAtomic(path: string, data: string | Uint8Array, mode = 0o644): Promise<void> {
+  const dir = dirname(path);
+  const tmp = join(dir, `.tmp-${basename(path)}-${randomBytes(6).toString('hex')}`);
+  const handle = await open(tmp, 'w', mode);
+  try {
+    await handle.writeFile(data);
+    await handle.sync();
+  } catch (err) {
+    await handle.close();
+    await rm(tmp, { force: true });
+    throw err;
+  }
+  await handle.close();
+  await rename(tmp, path);
+  await fsyncDir(dir);
+}
+
+/** mkdir -p, then fsync the parent so the new directory entry is durable. */
+export async function mkdirDurable(path: string, mode = 0o755): Promise<void> {
+  await mkdir(path, { recursive: true, mode });
+  await fsyncDir(dirname(path));
+}
+
+/** Whether a temp name was made by writeFileAtomic (for sweepers). */
+export function isAtomicTemp(name: string): boolean {
+  return name.startsWith('.tmp-');
+}
