@@ -1,0 +1,8 @@
+export { UnionFs, UnionDirent, createHousekeeping, type UnionOptions } from './union-fs.js';
+export {
+  WHITEOUT_PREFIX, WHITEOUT_META_PREFIX, OPAQUE_MARKER, PLINK_DIR, AUFS_MARKER, ORPH_DIR,
+  whiteoutName, whitedOutName, isReservedName, isMetaName, isHousekeeping,
+  classifyEntries, mergeListings, lookupName,
+  type EntryType, type DirListing, type Probe, type LookupResult,
+} from './whiteout.js';
+export { errnoError, type UnionErrnoCode } from './errno.js';
