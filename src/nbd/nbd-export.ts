@@ -1,0 +1,65 @@
+/**
+ * What the NBD server serves: a range of bytes with a few operations. The server validates every
+ * request (range, flags, read-only) before calling these hooks, so implementations never repeat
+ * the checks; they only do the I/O.
+ *
+ * Lifecycle: an export is registered with a server by name; any number of connections may use it
+ * at once (the server advertises CAN_MULTI_CONN, so `flush` must make every completed write
+ * durable, whichever connection wrote it). The owner closes it after the server stops serving it.
+ *
+ * Errors: throw a StrataError (POOL_NO_SPACE → NBD_ENOSPC, POOL_READ_ONLY → NBD_EPERM,
+ * OUT_OF_RANGE → NBD_EINVAL, NOT_IMPLEMENTED on a fast-zero request → NBD_ENOTSUP) or a Node errno
+ * error (ENOSPC/EDQUOT/EFBIG → NBD_ENOSPC, EROFS/EPERM/EACCES → NBD_EPERM); anything else is
+ * answered NBD_EIO. The connection and the server carry on either way.
+ */
+
+/** One run of bytes with the same allocation state (`base:allocation`). */
+export interface NbdExtent {
+  offset: number;
+  length: number;
+  /** Not provisioned: reads as zero, a write may hit ENOSPC. */
+  hole: boolean;
+  /** Reads as zeroes. */
+  zero: boolean;
+}
+
+export interface WriteOptions {
+  /** Force unit access: durable before returning. */
+  fua: boolean;
+}
+
+export interface ZeroOptions extends WriteOptions {
+  /** The client forbids deallocation (NBD_CMD_FLAG_NO_HOLE). */
+  noHole: boolean;
+  /** Fail with NOT_IMPLEMENTED unless zeroing is faster than writing zeroes (NBD_CMD_FLAG_FAST_ZERO). */
+  fastZero: boolean;
+}
+
+export interface NbdExport {
+  readonly name: string;
+  readonly description?: string;
+  /** Size in bytes (a safe integer: exports up to 8 PiB). */
+  readonly size: number;
+  readonly readOnly?: boolean;
+  /** Block size constraints advertised with NBD_INFO_BLOCK_SIZE (defaults 1 / 4096 / 32 MiB). */
+  readonly minBlock?: number;
+  readonly prefBlock?: number;
+  readonly maxBlock?: number;
+
+  /** Fill `buf` from `offset` (the range is inside the export). */
+  read(buf: Buffer, offset: number): Promise<void>;
+  write(buf: Buffer, offset: number, options: WriteOptions): Promise<void>;
+  flush(): Promise<void>;
+  /** Discard: a hint; contents are undefined until rewritten. Absent: TRIM not advertised. */
+  trim?(offset: number, length: number, options: WriteOptions): Promise<void>;
+  /** Absent: the server writes zero buffers through `write` (and refuses FAST_ZERO). */
+  writeZeroes?(offset: number, length: number, options: ZeroOptions): Promise<void>;
+  /**
+   * Allocation map from `offset`: contiguous extents, the first starting at `offset`, covering at
+   * least one byte (they may stop before `offset + length`; the client asks again). Absent: all
+   * data.
+   */
+  blockStatus?(offset: number, length: number): Promise<NbdExtent[]>;
+  /** Prefetch hint. Absent: CACHE is answered at once. */
+  cache?(offset: number, length: number): Promise<void>;
+}

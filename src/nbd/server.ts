@@ -1,0 +1,214 @@
+/**
+ * NbdServer: serves a set of named exports over a unix socket (mode 0600 unless told otherwise)
+ * and, only when asked, TCP (bound to 127.0.0.1 unless told otherwise).
+ *
+ *   const server = new NbdServer([await FileExport.open('/tmp/disk.img', { name: 'disk' })]);
+ *   await server.listenUnix('/run/strata/disk.sock');
+ *   // nbdinfo 'nbd+unix:///disk?socket=/run/strata/disk.sock'
+ *   await server.close();
+ *
+ * Each connection negotiates on its own, then runs requests concurrently; a misbehaving client
+ * only ever loses its own connection.
+ */
+import { createServer, connect, type Server, type Socket } from 'node:net';
+import { chmod, rename, rm, lstat } from 'node:fs/promises';
+import { dirname, basename, join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { strataError, isErrno } from '../errors.js';
+import { SocketReader } from './socket-reader.js';
+import { negotiate, type ExportLookup } from './handshake.js';
+import { serveTransmission } from './transmission.js';
+import type { NbdExport } from './nbd-export.js';
+
+/** A client that has not finished haggling by then is dropped. */
+const HANDSHAKE_TIMEOUT_MS = 30_000;
+
+export interface NbdServerOptions {
+  /** Called with failures the server answered or hung up on (default: ignore). */
+  log?: (message: string) => void;
+}
+
+interface Connection {
+  socket: Socket;
+  exportName: string | undefined;
+  done: Promise<void>;
+}
+
+export class NbdServer implements ExportLookup {
+  private readonly exports = new Map<string, NbdExport>();
+  private readonly listeners: Server[] = [];
+  private readonly unixPaths: string[] = [];
+  private readonly connections = new Set<Connection>();
+  private closing = false;
+
+  constructor(exports: NbdExport[] = [], private readonly options: NbdServerOptions = {}) {
+    for (const exp of exports) this.addExport(exp);
+  }
+
+  find(name: string): NbdExport | undefined {
+    return this.closing ? undefined : this.exports.get(name);
+  }
+
+  list(): NbdExport[] {
+    return this.closing ? [] : [...this.exports.values()];
+  }
+
+  addExport(exp: NbdExport): void {
+    if (this.exports.has(exp.name)) throw strataError('DEVICE_EXISTS', `export "${exp.name}" already exists`, { id: exp.name });
+    this.exports.set(exp.name, exp);
+  }
+
+  /** Connections currently attached to an export. */
+  clientsOf(name: string): number {
+    let n = 0;
+    for (const c of this.connections) if (c.exportName === name) n++;
+    return n;
+  }
+
+  get connectionCount(): number {
+    return this.connections.size;
+  }
+
+  /**
+   * Stop serving an export. Refused with DEVICE_BUSY while clients use it, unless `force`, which
+   * hangs up on them first (their in-flight requests are finished, not abandoned).
+   */
+  async removeExport(name: string, options: { force?: boolean } = {}): Promise<NbdExport> {
+    const exp = this.exports.get(name);
+    if (!exp) throw strataError('DEVICE_NOT_FOUND', `no export named "${name}"`, { id: name });
+    const users = [...this.connections].filter((c) => c.exportName === name);
+    if (users.length > 0 && !options.force) {
+      throw strataError('DEVICE_BUSY', `export "${name}" is in use by ${users.length} client(s)`, { id: name });
+    }
+    this.exports.delete(name);
+    for (const c of users) c.socket.end();
+    await Promise.all(users.map((c) => c.done));
+    return exp;
+  }
+
+  /** Listen on a unix socket. The socket appears at `path` already with `mode`. */
+  async listenUnix(path: string, mode = 0o600): Promise<void> {
+    await removeStaleSocket(path);
+    // Bind under a temporary name, chmod, then rename into place: no moment where the socket
+    // exists at `path` with the umask's permissions.
+    const tmp = join(dirname(path), `.${basename(path)}.${randomBytes(4).toString('hex')}`);
+    const server = this.newListener();
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(tmp, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    try {
+      await chmod(tmp, mode);
+      await rename(tmp, path);
+    } catch (err) {
+      server.close();
+      await rm(tmp, { force: true });
+      throw err;
+    }
+    this.listeners.push(server);
+    this.unixPaths.push(path);
+  }
+
+  /** Listen on TCP; loopback unless `host` says otherwise. Resolves with the bound port. */
+  async listenTcp(port = 10809, host = '127.0.0.1'): Promise<number> {
+    const server = this.newListener();
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, host, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    this.listeners.push(server);
+    const addr = server.address();
+    return typeof addr === 'object' && addr !== null ? addr.port : port;
+  }
+
+  /** Stop listening, hang up on every client after its in-flight requests, remove socket files. */
+  async close(): Promise<void> {
+    this.closing = true;
+    await Promise.all(this.listeners.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
+    this.listeners.length = 0;
+    for (const c of this.connections) c.socket.end();
+    const deadline = setTimeout(() => { for (const c of this.connections) c.socket.destroy(); }, 5000);
+    await Promise.all([...this.connections].map((c) => c.done));
+    clearTimeout(deadline);
+    for (const path of this.unixPaths) await rm(path, { force: true });
+    this.unixPaths.length = 0;
+  }
+
+  private newListener(): Server {
+    const server = createServer({ pauseOnConnect: false }, (socket) => this.accept(socket));
+    server.on('error', (err) => this.options.log?.(`nbd listener: ${err.message}`));
+    return server;
+  }
+
+  private accept(socket: Socket): void {
+    if (this.closing) {
+      socket.destroy();
+      return;
+    }
+    socket.setNoDelay(true);
+    const conn: Connection = { socket, exportName: undefined, done: Promise.resolve() };
+    this.connections.add(conn);
+    conn.done = this.run(conn).finally(() => this.connections.delete(conn));
+  }
+
+  private async run(conn: Connection): Promise<void> {
+    const { socket } = conn;
+    socket.on('error', () => { /* reported through the reader as EOF */ });
+    const reader = new SocketReader(socket);
+    const timer = setTimeout(() => socket.destroy(), HANDSHAKE_TIMEOUT_MS);
+    try {
+      const neg = await negotiate(socket, reader, this);
+      clearTimeout(timer);
+      if (!neg) return;
+      conn.exportName = neg.export.name;
+      await serveTransmission(socket, reader, neg, {
+        onRequestError: (err) => this.options.log?.(`nbd ${neg.export.name}: ${err instanceof Error ? err.message : String(err)}`),
+      });
+    } catch (err) {
+      if (!reader.closed) this.options.log?.(`nbd connection dropped: ${err instanceof Error ? err.message : String(err)}`);
+    } finally {
+      clearTimeout(timer);
+      await endSocket(socket);
+    }
+  }
+}
+
+/** Half-close after queued replies are written, then make sure the descriptor goes away. */
+function endSocket(socket: Socket): Promise<void> {
+  if (socket.destroyed) return Promise.resolve();
+  return new Promise<void>((resolve) => {
+    const timer = setTimeout(() => socket.destroy(), 2000);
+    socket.once('close', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+    socket.end(() => socket.destroy());
+  });
+}
+
+/** A socket file nobody listens on (left by a killed server) is removed; a live one is an error. */
+async function removeStaleSocket(path: string): Promise<void> {
+  try {
+    const st = await lstat(path);
+    if (!st.isSocket()) throw strataError('DEVICE_EXISTS', `${path} exists and is not a socket`, { path });
+  } catch (err) {
+    if (isErrno(err, 'ENOENT')) return;
+    throw err;
+  }
+  const live = await new Promise<boolean>((resolve) => {
+    const probe = connect(path);
+    probe.once('connect', () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once('error', () => resolve(false));
+  });
+  if (live) throw strataError('DEVICE_BUSY', `a server is already listening on ${path}`, { path });
+  await rm(path, { force: true });
+}

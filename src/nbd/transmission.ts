@@ -1,0 +1,170 @@
+/**
+ * The transmission phase of one connection: read requests in order, run them concurrently
+ * against the export, and write each reply as one corked burst so replies of different requests
+ * never interleave mid-message (they may complete out of order, which the protocol allows).
+ */
+import type { Socket } from 'node:net';
+import { CMD, CMD_FLAG, NBD_ERR, DEFAULT_MAX_PAYLOAD } from './protocol.js';
+import {
+  decodeRequest, encodeSimpleReply, encodeDataChunkHeader, encodeNoneChunk, encodeErrorChunk,
+  encodeBlockStatusChunk, REQUEST_HEADER_LENGTH, type Request,
+} from './request-codec.js';
+import { checkRequest } from './request-check.js';
+import { shapeExtents } from './block-status.js';
+import { nbdErrnoFor } from './errno-map.js';
+import { blockSizesOf, BASE_ALLOCATION_ID, type Negotiated } from './handshake.js';
+import type { SocketReader } from './socket-reader.js';
+import type { NbdExport } from './nbd-export.js';
+
+/** Requests in flight per connection before we stop reading more (nbdcopy keeps 64 per conn). */
+const MAX_INFLIGHT = 64;
+/** Reply bytes queued in the socket before we stop reading requests. */
+const MAX_QUEUED_REPLY = 16 * 1024 * 1024;
+/** Zero buffer used when an export cannot zero natively. */
+const ZERO_STEP = 1024 * 1024;
+
+export interface TransmissionHooks {
+  /** An export failure answered with an error (for logs); the connection carries on. */
+  onRequestError?(err: unknown, req: Request): void;
+}
+
+export async function serveTransmission(
+  socket: Socket, reader: SocketReader, neg: Negotiated, hooks: TransmissionHooks = {},
+): Promise<void> {
+  const exp = neg.export;
+  const maxPayload = Math.min(blockSizesOf(exp).max, DEFAULT_MAX_PAYLOAD);
+  const ctx = {
+    size: exp.size,
+    readOnly: exp.readOnly === true,
+    structuredReplies: neg.structuredReplies,
+    metaContext: neg.metaContext,
+    maxPayload,
+  };
+  const inflight = new Set<Promise<void>>();
+
+  const send = (...bufs: Buffer[]): void => {
+    if (!socket.writable) return;
+    socket.cork();
+    for (const b of bufs) socket.write(b);
+    socket.uncork();
+  };
+  const sendError = (req: Request, errno: number, message: string): void => {
+    // READ and BLOCK_STATUS answers must be structured once negotiated; others may be simple.
+    if (neg.structuredReplies && (req.type === CMD.READ || req.type === CMD.BLOCK_STATUS)) {
+      send(encodeErrorChunk(req.cookie, errno, message));
+    } else {
+      send(encodeSimpleReply(req.cookie, errno));
+    }
+  };
+
+  const run = async (req: Request, payload: Buffer | undefined): Promise<void> => {
+    try {
+      await execute(exp, req, payload, neg, send);
+    } catch (err) {
+      hooks.onRequestError?.(err, req);
+      const fastZero = (req.flags & CMD_FLAG.FAST_ZERO) !== 0;
+      sendError(req, nbdErrnoFor(err, fastZero), err instanceof Error ? err.message : String(err));
+    }
+  };
+
+  for (;;) {
+    while (inflight.size >= MAX_INFLIGHT) await Promise.race(inflight);
+    if (socket.writableLength > MAX_QUEUED_REPLY) {
+      await new Promise<void>((resolve) => {
+        const done = (): void => {
+          socket.off('drain', done);
+          socket.off('close', done);
+          resolve();
+        };
+        socket.on('drain', done);
+        socket.on('close', done);
+      });
+    }
+    let header: Buffer;
+    try {
+      header = await reader.read(REQUEST_HEADER_LENGTH);
+    } catch {
+      break; // the client went away without NBD_CMD_DISC; nothing left to answer
+    }
+    // A bad magic leaves no way to find the next request: decodeRequest throws and we hang up.
+    const req = decodeRequest(header);
+    let payload: Buffer | undefined;
+    if (req.type === CMD.WRITE) {
+      // the payload follows whatever we think of the request, so it is always consumed
+      if (req.length > maxPayload) {
+        await reader.skip(req.length);
+        sendError(req, NBD_ERR.EINVAL, `write of ${req.length} bytes exceeds ${maxPayload}`);
+        continue;
+      }
+      payload = await reader.read(req.length);
+    }
+    if (req.type === CMD.DISC) break;
+    const errno = checkRequest(req, ctx);
+    if (errno !== 0) {
+      sendError(req, errno, 'request refused');
+      continue;
+    }
+    const p: Promise<void> = run(req, payload).finally(() => inflight.delete(p));
+    inflight.add(p);
+  }
+  // NBD_CMD_DISC: finish what was asked before closing
+  await Promise.all(inflight);
+}
+
+async function execute(
+  exp: NbdExport, req: Request, payload: Buffer | undefined, neg: Negotiated, send: (...b: Buffer[]) => void,
+): Promise<void> {
+  const fua = (req.flags & CMD_FLAG.FUA) !== 0;
+  switch (req.type) {
+    case CMD.READ: {
+      const buf = Buffer.allocUnsafe(req.length);
+      if (req.length > 0) await exp.read(buf, req.offset);
+      if (!neg.structuredReplies) send(encodeSimpleReply(req.cookie, 0), buf);
+      else if (req.length === 0) send(encodeNoneChunk(req.cookie));
+      else send(encodeDataChunkHeader(req.cookie, req.offset, req.length, true), buf);
+      return;
+    }
+    case CMD.WRITE:
+      await exp.write(payload ?? Buffer.alloc(0), req.offset, { fua });
+      break;
+    case CMD.FLUSH:
+      await exp.flush();
+      break;
+    case CMD.TRIM:
+      if (!exp.trim) {
+        send(encodeSimpleReply(req.cookie, NBD_ERR.EINVAL)); // not advertised
+        return;
+      }
+      if (req.length > 0) await exp.trim(req.offset, req.length, { fua });
+      break;
+    case CMD.WRITE_ZEROES: {
+      const noHole = (req.flags & CMD_FLAG.NO_HOLE) !== 0;
+      const fastZero = (req.flags & CMD_FLAG.FAST_ZERO) !== 0;
+      if (req.length === 0) break;
+      if (exp.writeZeroes) {
+        await exp.writeZeroes(req.offset, req.length, { fua, noHole, fastZero });
+      } else if (fastZero) {
+        send(encodeSimpleReply(req.cookie, NBD_ERR.ENOTSUP));
+        return;
+      } else {
+        const zeroes = Buffer.alloc(Math.min(ZERO_STEP, req.length));
+        for (let pos = 0; pos < req.length; pos += zeroes.length) {
+          const len = Math.min(zeroes.length, req.length - pos);
+          await exp.write(zeroes.subarray(0, len), req.offset + pos, { fua });
+        }
+      }
+      break;
+    }
+    case CMD.CACHE:
+      if (exp.cache && req.length > 0) await exp.cache(req.offset, req.length);
+      break;
+    case CMD.BLOCK_STATUS: {
+      const reqOne = (req.flags & CMD_FLAG.REQ_ONE) !== 0;
+      const raw = exp.blockStatus ? await exp.blockStatus(req.offset, req.length) : [];
+      const extents = shapeExtents(raw, req.offset, req.length, reqOne);
+      send(encodeBlockStatusChunk(req.cookie, BASE_ALLOCATION_ID, extents, true));
+      return;
+    }
+  }
+  send(encodeSimpleReply(req.cookie, 0));
+}

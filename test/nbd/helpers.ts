@@ -1,0 +1,177 @@
+// Shared helpers for the NBD tests: temp dirs, async child processes (never spawnSync: the
+// server under test runs in this process and must keep serving), and a raw protocol client.
+import { spawn } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { connect, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { SocketReader } from '../../src/nbd/socket-reader.js';
+import { encodeRequest } from '../../src/nbd/request-codec.js';
+import { IHAVEOPT } from '../../src/nbd/protocol.js';
+
+export async function tempDir(prefix = 'strata-nbd-'): Promise<{ dir: string; cleanup: () => Promise<void> }> {
+  const dir = await mkdtemp(join(tmpdir(), prefix));
+  return { dir, cleanup: () => rm(dir, { recursive: true, force: true }) };
+}
+
+export interface RunResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+export function run(cmd: string, args: string[], options: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<RunResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: options.env ?? process.env });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
+    child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+    const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs ?? 60_000);
+    child.on('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+/** Run and insist on success. */
+export async function runOk(cmd: string, args: string[], options?: { timeoutMs?: number }): Promise<string> {
+  const r = await run(cmd, args, options);
+  if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.code}: ${r.stderr}`);
+  return r.stdout;
+}
+
+export async function haveCommand(cmd: string): Promise<boolean> {
+  const r = await run('sh', ['-c', `command -v ${cmd}`]).catch(() => undefined);
+  return r?.code === 0;
+}
+
+export function unixUri(socketPath: string, name = ''): string {
+  return `nbd+unix:///${name}?socket=${socketPath}`;
+}
+
+/** A hand-driven NBD client for protocol edge cases no real client would produce. */
+export class RawClient {
+  readonly reader: SocketReader;
+  private constructor(readonly socket: Socket) {
+    this.reader = new SocketReader(socket);
+  }
+
+  static async connect(path: string): Promise<RawClient> {
+    const socket = connect(path);
+    await new Promise<void>((resolve, reject) => {
+      socket.once('connect', resolve);
+      socket.once('error', reject);
+    });
+    socket.on('error', () => {});
+    return new RawClient(socket);
+  }
+
+  /** Read the greeting and send client flags. Returns the handshake flags. */
+  async greet(clientFlags = 3): Promise<number> {
+    const g = await this.reader.read(18);
+    const b = Buffer.alloc(4);
+    b.writeUInt32BE(clientFlags);
+    this.socket.write(b);
+    return g.readUInt16BE(16);
+  }
+
+  sendOption(option: number, data: Buffer = Buffer.alloc(0), declaredLength = data.length): void {
+    const h = Buffer.alloc(16);
+    h.writeBigUInt64BE(IHAVEOPT, 0);
+    h.writeUInt32BE(option, 8);
+    h.writeUInt32BE(declaredLength, 12);
+    this.socket.write(Buffer.concat([h, data]));
+  }
+
+  async readOptionReply(): Promise<{ option: number; type: number; data: Buffer }> {
+    const h = await this.reader.read(20);
+    const len = h.readUInt32BE(16);
+    return { option: h.readUInt32BE(8), type: h.readUInt32BE(12), data: await this.reader.read(len) };
+  }
+
+  /** Option replies up to and including the final one (ACK or an error). */
+  async readOptionReplies(): Promise<Array<{ option: number; type: number; data: Buffer }>> {
+    const out = [];
+    for (;;) {
+      const r = await this.readOptionReply();
+      out.push(r);
+      if (r.type === 1 || r.type >= 0x80000000) return out;
+    }
+  }
+
+  sendRequest(type: number, flags: number, cookie: bigint, offset: bigint | number, length: number, payload?: Buffer): void {
+    const h = encodeRequest(type, flags, cookie, offset, length);
+    this.socket.write(payload ? Buffer.concat([h, payload]) : h);
+  }
+
+  async readSimpleReply(dataLength = 0): Promise<{ magic: number; error: number; cookie: bigint; data: Buffer }> {
+    const h = await this.reader.read(16);
+    const error = h.readUInt32BE(4);
+    return {
+      magic: h.readUInt32BE(0), error, cookie: h.readBigUInt64BE(8),
+      data: error === 0 ? await this.reader.read(dataLength) : Buffer.alloc(0),
+    };
+  }
+
+  async readChunk(): Promise<{ magic: number; flags: number; type: number; cookie: bigint; payload: Buffer }> {
+    const h = await this.reader.read(20);
+    const magic = h.readUInt32BE(0);
+    if (magic !== 0x668e33ef) throw new Error(`expected a structured chunk, got magic ${magic.toString(16)}`);
+    return {
+      magic, flags: h.readUInt16BE(4), type: h.readUInt16BE(6), cookie: h.readBigUInt64BE(8),
+      payload: await this.reader.read(h.readUInt32BE(16)),
+    };
+  }
+
+  /** Resolves true when the server closes the connection within `ms`. */
+  closedWithin(ms: number): Promise<boolean> {
+    return new Promise((resolve) => {
+      if (this.socket.destroyed || this.reader.closed) return resolve(true);
+      const timer = setTimeout(() => resolve(false), ms);
+      this.socket.once('close', () => {
+        clearTimeout(timer);
+        resolve(true);
+      });
+      this.socket.resume();
+    });
+  }
+
+  close(): void {
+    this.socket.destroy();
+  }
+}
+
+/** GO/INFO option data for `name` with the given info requests. */
+export function goData(name: string, infos: number[] = []): Buffer {
+  const n = Buffer.from(name);
+  const b = Buffer.alloc(4 + n.length + 2 + infos.length * 2);
+  b.writeUInt32BE(n.length, 0);
+  n.copy(b, 4);
+  b.writeUInt16BE(infos.length, 4 + n.length);
+  infos.forEach((t, i) => b.writeUInt16BE(t, 6 + n.length + i * 2));
+  return b;
+}
+
+export function metaData(name: string, queries: string[]): Buffer {
+  const parts: Buffer[] = [];
+  const n = Buffer.from(name);
+  const h = Buffer.alloc(4);
+  h.writeUInt32BE(n.length);
+  parts.push(h, n);
+  const c = Buffer.alloc(4);
+  c.writeUInt32BE(queries.length);
+  parts.push(c);
+  for (const q of queries) {
+    const qb = Buffer.from(q);
+    const l = Buffer.alloc(4);
+    l.writeUInt32BE(qb.length);
+    parts.push(l, qb);
+  }
+  return Buffer.concat(parts);
+}
