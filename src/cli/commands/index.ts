@@ -1,5 +1,11 @@
 import type { Command } from 'commander';
+import { registerImageCommands } from './images.js';
+import { registerContainerCommands } from './containers.js';
+import { registerSystemCommands } from './system.js';
 
 /** Each group adds its subcommands to the program. One line per group. */
 export const commandGroups: Array<(program: Command) => void> = [
+  registerImageCommands,
+  registerContainerCommands,
+  registerSystemCommands,
 ];

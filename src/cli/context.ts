@@ -1,0 +1,94 @@
+import type { Command } from 'commander';
+import { createReadStream } from 'node:fs';
+import { stat } from 'node:fs/promises';
+import { Transform, type Readable, type TransformCallback } from 'node:stream';
+import { Strata } from '../strata.js';
+import { strataError } from '../errors.js';
+import { globalsOf } from './main.js';
+import { formatSize } from '../util/units.js';
+
+/** Open the library for a subcommand, from the global flags. */
+export async function openStrata(cmd: Command): Promise<Strata> {
+  const g = globalsOf(cmd);
+  const storageOpts: Record<string, string> = {};
+  for (const pair of g.storageOpt ?? []) {
+    const eq = pair.indexOf('=');
+    if (eq <= 0) throw strataError('INVALID_OPTION', `--storage-opt wants KEY=VALUE, got ${JSON.stringify(pair)}`);
+    storageOpts[pair.slice(0, eq).trim().toLowerCase()] = pair.slice(eq + 1).trim();
+  }
+  return Strata.open({
+    ...(g.root !== undefined ? { root: g.root } : {}),
+    ...(g.storageDriver !== undefined ? { driver: g.storageDriver } : {}),
+    storageOpts,
+  });
+}
+
+export function print(line = ''): void {
+  process.stdout.write(`${line}\n`);
+}
+
+export function printJson(value: unknown): void {
+  process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+}
+
+/** Columns padded as docker's tabwriter does (three spaces between columns). */
+export function printTable(header: string[], rows: string[][]): void {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (cells: string[]) => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]! + 3))).join('').trimEnd();
+  print(line(header));
+  for (const r of rows) print(line(r));
+}
+
+/** "3 minutes ago", as docker prints ages (go-units HumanDuration). */
+export function since(iso: string): string {
+  const seconds = (Date.now() - Date.parse(iso)) / 1000;
+  if (!Number.isFinite(seconds)) return 'N/A';
+  const minutes = seconds / 60;
+  const hours = minutes / 60;
+  const days = hours / 24;
+  let text: string;
+  if (seconds < 1) text = 'Less than a second';
+  else if (seconds < 60) text = `${Math.floor(seconds)} seconds`;
+  else if (minutes < 2) text = 'About a minute';
+  else if (minutes < 60) text = `${Math.floor(minutes)} minutes`;
+  else if (hours < 2) text = 'About an hour';
+  else if (hours < 48) text = `${Math.floor(hours)} hours`;
+  else if (days < 14) text = `${Math.floor(days)} days`;
+  else if (days < 60) text = `${Math.floor(days / 7)} weeks`;
+  else if (days < 730) text = `${Math.floor(days / 30)} months`;
+  else text = `${Math.floor(days / 365)} years`;
+  return `${text} ago`;
+}
+
+/**
+ * Open FILE (or `-` for stdin) as a stream; when stderr is a terminal, show bytes read so far
+ * (and the total when known) so long imports are not silent.
+ */
+export async function openInput(path: string): Promise<Readable> {
+  const source: Readable = path === '-' ? process.stdin : createReadStream(path);
+  if (!process.stderr.isTTY) return source;
+  const total = path === '-' ? 0 : (await stat(path)).size;
+  let done = 0;
+  let last = 0;
+  const meter = new Transform({
+    transform(chunk: Buffer, _enc, cb: TransformCallback) {
+      done += chunk.length;
+      const now = Date.now();
+      if (now - last > 200) {
+        last = now;
+        process.stderr.write(`\r${formatSize(done)}${total ? ` / ${formatSize(total)}` : ''}   `);
+      }
+      cb(null, chunk);
+    },
+    flush(cb) {
+      process.stderr.write('\r\x1b[K');
+      cb();
+    },
+  });
+  source.on('error', (err) => meter.destroy(err));
+  return source.pipe(meter);
+}
+
+export function shortId(id: string): string {
+  return id.replace(/^sha256:/, '').slice(0, 12);
+}

@@ -1,0 +1,120 @@
+/**
+ * Container records as Docker keeps them: `<root>/containers/<id>/config.v2.json`. Strata's
+ * containers are never run, but the record has the fields dockerd needs to load it, so a Docker
+ * daemon pointed at a Strata root starts and lists them.
+ */
+import { mkdir, readFile, readdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { strataError, isErrno } from '../errors.js';
+import { writeFileAtomic } from '../util/atomic.js';
+import type { Digest } from './digest.js';
+import type { WriteTxn } from './write-lock.js';
+
+export interface ContainerRecord {
+  ID: string;
+  Created: string;
+  Name: string;
+  Image: Digest;
+  Driver: string;
+  Config: { Image: string; Labels?: Record<string, string>; [key: string]: unknown };
+  [key: string]: unknown;
+}
+
+const NAME = /^\/?[a-zA-Z0-9][a-zA-Z0-9_.-]*$/;
+const ZERO_TIME = '0001-01-01T00:00:00Z';
+
+export class ContainerStore {
+  readonly dir: string;
+
+  constructor(root: string) {
+    this.dir = join(root, 'containers');
+  }
+
+  private path(id: string): string {
+    if (!/^[a-f0-9]{64}$/.test(id)) throw strataError('INVALID_ID', `invalid container id ${id}`);
+    return join(this.dir, id, 'config.v2.json');
+  }
+
+  static newRecord(id: string, name: string, image: Digest, imageRef: string, driver: string): ContainerRecord {
+    if (!NAME.test(name)) throw strataError('INVALID_ARGUMENT', `invalid container name ${JSON.stringify(name)}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed`);
+    return {
+      StreamConfig: {},
+      State: { Running: false, Paused: false, Restarting: false, OOMKilled: false, RemovalInProgress: false, Dead: false, Pid: 0, ExitCode: 0, Error: '', StartedAt: ZERO_TIME, FinishedAt: ZERO_TIME, Health: null },
+      ID: id,
+      Created: new Date().toISOString(),
+      Managed: false,
+      Path: '',
+      Args: [],
+      Config: { Hostname: id.slice(0, 12), Domainname: '', User: '', AttachStdin: false, AttachStdout: false, AttachStderr: false, Tty: false, OpenStdin: false, StdinOnce: false, Env: null, Cmd: null, Image: imageRef, Volumes: null, WorkingDir: '', Entrypoint: null, OnBuild: null, Labels: { 'org.strata.created-by': 'strata' } },
+      Image: image,
+      NetworkSettings: { Bridge: '', SandboxID: '', HairpinMode: false, LinkLocalIPv6Address: '', LinkLocalIPv6PrefixLen: 0, Networks: null, Service: null, Ports: null, SandboxKey: '', SecondaryIPAddresses: null, SecondaryIPv6Addresses: null, IsAnonymousEndpoint: false, HasSwarmEndpoint: false },
+      LogPath: '',
+      Name: `/${name.replace(/^\//, '')}`,
+      Driver: driver,
+      OS: 'linux',
+      MountLabel: '',
+      ProcessLabel: '',
+      RestartCount: 0,
+      HasBeenStartedBefore: false,
+      HasBeenManuallyStopped: false,
+      MountPoints: {},
+      SecretReferences: null,
+      ConfigReferences: null,
+      AppArmorProfile: '',
+      HostnamePath: '',
+      HostsPath: '',
+      ShmPath: '',
+      ResolvConfPath: '',
+      SeccompProfile: '',
+      NoNewPrivileges: false,
+    };
+  }
+
+  async put(_txn: WriteTxn, record: ContainerRecord): Promise<void> {
+    await mkdir(join(this.dir, record.ID), { recursive: true, mode: 0o710 });
+    await writeFileAtomic(this.path(record.ID), JSON.stringify(record), 0o600);
+  }
+
+  async get(id: string): Promise<ContainerRecord> {
+    try {
+      return JSON.parse(await readFile(this.path(id), 'utf8')) as ContainerRecord;
+    } catch (err) {
+      if (isErrno(err, 'ENOENT')) throw strataError('CONTAINER_NOT_FOUND', `no such container: ${id}`, { id });
+      throw err;
+    }
+  }
+
+  async list(): Promise<ContainerRecord[]> {
+    const names = await readdir(this.dir).catch(() => [] as string[]);
+    const out: ContainerRecord[] = [];
+    for (const name of names.sort()) {
+      if (!/^[a-f0-9]{64}$/.test(name)) continue;
+      try {
+        out.push(await this.get(name));
+      } catch (err) {
+        // a directory without a record is a create that never finished; fsck reports it
+        if (!(err instanceof Error && 'code' in err && err.code === 'CONTAINER_NOT_FOUND')) throw err;
+      }
+    }
+    return out;
+  }
+
+  async remove(_txn: WriteTxn, id: string): Promise<void> {
+    await rm(join(this.dir, id), { recursive: true, force: true });
+  }
+
+  /** Find by full ID, unique ID prefix, or name (with or without the leading slash). */
+  async resolve(text: string, driver?: string): Promise<ContainerRecord> {
+    const all = (await this.list()).filter((c) => driver === undefined || c.Driver === driver);
+    const byId = all.find((c) => c.ID === text);
+    if (byId) return byId;
+    const byName = all.find((c) => c.Name === `/${text.replace(/^\//, '')}`);
+    if (byName) return byName;
+    if (/^[a-f0-9]{1,63}$/.test(text)) {
+      const matches = all.filter((c) => c.ID.startsWith(text));
+      if (matches.length === 1) return matches[0]!;
+      if (matches.length > 1) throw strataError('INVALID_ARGUMENT', `container ID prefix ${text} is ambiguous`);
+    }
+    throw strataError('CONTAINER_NOT_FOUND', `no such container: ${text}`, { id: text });
+  }
+}
