@@ -1,0 +1,103 @@
+// End-to-end: the strata CLI on a vfs root, as a user would drive it.
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { rm, writeFile, readFile, mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { strata, strataOk } from '../helpers/cli.js';
+import { applyOps, dir, file, layerTar, tempDir, run } from '../helpers/fstest.js';
+
+describe('strata CLI (vfs)', () => {
+  let root: string;
+  let work: string;
+  const cli = (args: string[], input?: Buffer) => strataOk(root, ['--storage-driver', 'vfs', ...args], input ? { input } : {});
+
+  before(async () => {
+    root = await tempDir('strata-cli-');
+    work = await tempDir('strata-cli-work-');
+  });
+  after(async () => {
+    await rm(root, { recursive: true, force: true });
+    await rm(work, { recursive: true, force: true });
+  });
+
+  it('imports, creates, changes, diffs, commits, lists and removes', async () => {
+    const tar = await layerTar([dir('etc'), file('etc/os-release', 'ID=base\n'), file('etc/motd', 'hi\n'), dir('tmp', 0o1777)]);
+    await writeFile(join(work, 'base.tar'), tar);
+    const imageId = await cli(['import', join(work, 'base.tar'), 'base:1']);
+    assert.match(imageId, /^sha256:[a-f0-9]{64}$/);
+
+    const images = JSON.parse(await cli(['images', '--format', 'json'])) as Array<{ id: string; repoTags: string[] }>;
+    assert.deepEqual(images.map((i) => [i.id, i.repoTags]), [[imageId, ['base:1']]]);
+    assert.match(await cli(['images']), /^REPOSITORY\s+TAG\s+IMAGE ID\s+CREATED\s+SIZE\nbase\s+1\s+[a-f0-9]{12}\s/);
+
+    const ctr = await cli(['create', '--name', 'web', 'base:1']);
+    assert.match(ctr, /^[a-f0-9]{64}$/);
+    const mountDir = await cli(['mount', 'web']);
+    await writeFile(join(mountDir, 'etc/os-release'), 'ID=web\n');
+    await rm(join(mountDir, 'etc/motd'));
+    await mkdir(join(mountDir, 'srv'));
+    await writeFile(join(mountDir, 'srv/index.html'), '<h1>hi</h1>');
+    await cli(['unmount', 'web']);
+
+    assert.equal(await cli(['diff', 'web']), ['C /etc', 'C /etc/os-release', 'D /etc/motd', 'A /srv', 'A /srv/index.html'].sort(byPath).join('\n'));
+
+    const committed = await cli(['commit', '-m', 'web content', 'web', 'web:1']);
+    assert.match(committed, /^sha256:/);
+    const history = JSON.parse(await cli(['history', '--format', 'json', 'web:1'])) as Array<{ comment?: string }>;
+    assert.equal(history.length, 2);
+    assert.equal(history[0]!.comment, 'web content');
+
+    const inspect = JSON.parse(await cli(['inspect', 'web:1'])) as Array<{ RootFS: { Layers: string[] }; Parent: string }>;
+    assert.equal(inspect[0]!.RootFS.Layers.length, 2);
+    assert.equal(inspect[0]!.Parent, imageId);
+
+    // the committed image, run as a new container, has the changes
+    await cli(['create', '--name', 'check', 'web:1']);
+    const checkDir = await cli(['mount', 'check']);
+    assert.equal(await readFile(join(checkDir, 'etc/os-release'), 'utf8'), 'ID=web\n');
+    await cli(['unmount', 'check']);
+
+    const exported = join(work, 'export.tar');
+    await cli(['export', 'check', '-o', exported]);
+    const listing = (await run('tar', ['-tf', exported])).toString();
+    assert.match(listing, /srv\/index.html/);
+    assert.doesNotMatch(listing, /etc\/motd/);
+
+    // an image in use cannot be removed; a container can
+    const refused = await strata(root, ['--storage-driver', 'vfs', 'rmi', 'web:1']);
+    assert.equal(refused.code, 5);
+    assert.match(refused.stderr, /^strata: unable to remove image web:1: container [a-f0-9]{12} \(check\) uses it\n$/);
+    await cli(['rm', 'check', 'web']);
+    assert.equal(await cli(['ps', '-q']), '');
+    assert.match(await cli(['rmi', 'web:1']), /Untagged: web:1\nDeleted: sha256:/);
+    assert.match(await cli(['fsck']), /checked 1 layers and 1 images: clean/);
+  });
+
+  it('reports errors in one line with a status that names the kind', async () => {
+    const missing = await strata(root, ['--storage-driver', 'vfs', 'inspect', '--type', 'image', 'nope:1']);
+    assert.equal(missing.code, 3);
+    assert.equal(missing.stderr, 'strata: no such image: nope:1\n');
+    const badRef = await strata(root, ['--storage-driver', 'vfs', 'tag', 'base:1', 'Bad:Name']);
+    assert.equal(badRef.code, 2);
+    assert.equal(badRef.stderr.split('\n').length, 2);
+    const badDriver = await strata(root, ['--storage-driver', 'nosuch', 'images']);
+    assert.equal(badDriver.code, 6);
+    const usage = await strata(root, ['create']);
+    assert.equal(usage.code, 2);
+  });
+
+  it('imports from stdin and from a directory', async () => {
+    const src = join(work, 'tree');
+    await applyOps(src, [file('hello', 'world\n')]);
+    const fromDir = await cli(['import', src, 'fromdir:1']);
+    const fromStdin = await cli(['import', '-', 'fromstdin:1'], await layerTar([file('hello', 'world\n')]));
+    assert.match(fromDir, /^sha256:/);
+    assert.match(fromStdin, /^sha256:/);
+    const info = await cli(['info']);
+    assert.match(info, /Storage Driver: vfs/);
+  });
+});
+
+function byPath(a: string, b: string): number {
+  return a.slice(2).localeCompare(b.slice(2));
+}
