@@ -174,6 +174,21 @@ export class UnionFs {
     return found !== null;
   }
 
+  /**
+   * Whether a new directory at `name` must be opaque: when a read-only branch has the name, or any
+   * branch whites it out (as OverlayFS does when creating over a whiteout; harmless where the
+   * whiteout already hides everything, and it keeps the two formats' diffs identical).
+   */
+  private async newDirOpaque(parent: UnionNode, name: string): Promise<boolean> {
+    if (await this.lowerVisible(parent, name)) return true;
+    for (const b of parent.branches) {
+      const p = await this.branches.probe(b, parent.rel, name);
+      if (p.whiteout) return true;
+      if (p.type !== null) return false;
+    }
+    return false;
+  }
+
   private async whiteout(parentTop: string, name: string): Promise<void> {
     const path = join(parentTop, whiteoutName(name));
     await fsp.writeFile(path, '', { mode: WHITEOUT_MODE, flag: 'w' });
@@ -235,15 +250,13 @@ export class UnionFs {
 
   private async mkdirOne(parent: UnionNode, name: string, mode: number | undefined, path: string): Promise<void> {
     this.checkName(name, 'mkdir', path);
+    const opaque = await this.newDirOpaque(parent, name);
     const parentTop = await this.up.ensureDir(parent);
     const dir = join(parentTop, name);
-    const wh = (await lstatOrNull(join(parentTop, whiteoutName(name)))) !== null;
     await fsp.mkdir(dir, { mode: mode ?? 0o777 });
     // a directory created over a whiteout must not merge with what the whiteout hid (aufs diropq)
-    if (wh) {
-      await fsp.writeFile(join(dir, OPAQUE_MARKER), '', { mode: WHITEOUT_MODE });
-      await this.dropWhiteout(parentTop, name);
-    }
+    if (opaque) await fsp.writeFile(join(dir, OPAQUE_MARKER), '', { mode: WHITEOUT_MODE });
+    await this.dropWhiteout(parentTop, name);
   }
 
   async symlink(target: string, path: string): Promise<void> {
@@ -318,15 +331,19 @@ export class UnionFs {
    */
   async rename(oldPath: string, newPath: string): Promise<void> {
     const top = this.requireWritable('rename', oldPath);
-    const s = await this.resolver.existing(oldPath, false, 'rename');
+    // both parents first, then the source name, as the kernel does
+    const s = await this.resolver.resolve(oldPath, false, 'rename');
     const d = await this.resolver.resolve(newPath, false, 'rename');
     const src = s.node;
+    if (src === null) throw errnoError('ENOENT', 'rename', oldPath, newPath);
     const dstRel = joinRel(d.parent.rel, d.name);
     if (src.rel === '' || d.name === '') throw errnoError('EBUSY', 'rename', oldPath, newPath);
     if (dstRel === src.rel) return;
     this.checkName(d.name, 'rename', newPath);
+    // the kernel's order (fs/namei.c do_renameat2): source an ancestor of the target, then target an ancestor of the source
+    if (isWithin(dstRel, src.rel)) throw errnoError('EINVAL', 'rename', oldPath, newPath);
+    if (isWithin(src.rel, dstRel)) throw errnoError('ENOTEMPTY', 'rename', oldPath, newPath);
     if (src.type === 'dir') {
-      if (isWithin(dstRel, src.rel)) throw errnoError('EINVAL', 'rename', oldPath, newPath);
       if (d.node !== null) {
         if (d.node.type !== 'dir') throw errnoError('ENOTDIR', 'rename', oldPath, newPath);
         if ((await this.entries(d.node)).size > 0) throw errnoError('ENOTEMPTY', 'rename', oldPath, newPath);
@@ -348,9 +365,8 @@ export class UnionFs {
     }
     const pureTop = src.branches.length === 1 && src.branches[0] === top;
     const staged = pureTop ? this.branches.real(top, src.rel) : await this.up.materialize(src);
-    const dstHidden = (await lstatOrNull(join(dstParentTop, whiteoutName(d.name)))) !== null;
-    const dstLower = d.node !== null && d.node.branches.some((b) => b !== top);
-    if (dstHidden || dstLower) await fsp.writeFile(join(staged, OPAQUE_MARKER), '', { mode: WHITEOUT_MODE });
+    // whatever a read-only branch has under the destination name must not merge into the moved tree
+    if (await (pureTop ? this.lowerVisible(dstParent, d.name) : this.newDirOpaque(dstParent, d.name))) await fsp.writeFile(join(staged, OPAQUE_MARKER), '', { mode: WHITEOUT_MODE });
     if (oldLower) await this.whiteout(srcParentTop, s.name);
     if (d.node !== null && d.node.branches[0] === top) await fsp.rm(dst, { recursive: true, force: true });
     await fsp.rename(staged, dst);
