@@ -115,7 +115,7 @@ test('creating over a whiteout removes it; mkdir over a removed directory makes 
 });
 
 test('rename of files: copy-up, whiteout at the source, destination whiteout removed', async (t) => {
-  const { u, top } = await stack(t, [[file('a', 'A'), file('b', 'B'), dir('dst')]]);
+  const { u, top } = await stack(t, [[file('a', 'A'), file('b', 'B'), dir('dst'), dir('other')]]);
   await u.unlink('b');
   await u.rename('a', 'b');
   assert.equal(await u.readFile('b', 'utf8'), 'A');
@@ -124,7 +124,8 @@ test('rename of files: copy-up, whiteout at the source, destination whiteout rem
   assert.equal(await exists(join(top, '.wh.b')), false);
   await u.rename('b', 'dst/c');
   assert.deepEqual(await u.readdir('dst'), ['c']);
-  await assert.rejects(u.rename('dst/c', 'dst'), { code: 'EISDIR' });
+  await assert.rejects(u.rename('dst/c', 'other'), { code: 'EISDIR' });
+  await assert.rejects(u.rename('dst/c', 'dst'), { code: 'ENOTEMPTY' }, 'target is an ancestor of the source (as the kernel checks first)');
 });
 
 test('rename of directories copies the merged tree and marks the destination opaque when needed', async (t) => {
