@@ -1,0 +1,169 @@
+import { open, type FileHandle } from 'node:fs/promises';
+import { strataError } from '../errors.js';
+
+/**
+ * The one I/O seam under the pool: byte-addressed storage with an explicit flush. The pool keeps
+ * its metadata on one BlockDevice (read and written in 4 KiB blocks) and its data on another.
+ *
+ * Contract: `read` fills the whole buffer (zeros past the end of the device, as a sparse file
+ * reads); `write` is volatile until `flush` returns, like a disk with a write cache.
+ */
+export interface BlockDevice {
+  /** Current size in bytes. */
+  size(): Promise<number>;
+  read(buf: Buffer, offset: number): Promise<void>;
+  write(buf: Buffer, offset: number): Promise<void>;
+  flush(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** A file (sparse or preallocated) or a block device node, through one file descriptor. */
+export class FileBlockDevice implements BlockDevice {
+  private constructor(private readonly handle: FileHandle, readonly path: string) {}
+
+  static async open(path: string, options: { readOnly?: boolean } = {}): Promise<FileBlockDevice> {
+    const handle = await open(path, options.readOnly ? 'r' : 'r+');
+    return new FileBlockDevice(handle, path);
+  }
+
+  async size(): Promise<number> {
+    return (await this.handle.stat()).size;
+  }
+
+  async read(buf: Buffer, offset: number): Promise<void> {
+    let done = 0;
+    while (done < buf.length) {
+      const { bytesRead } = await this.handle.read(buf, done, buf.length - done, offset + done);
+      if (bytesRead === 0) {
+        buf.fill(0, done);
+        return;
+      }
+      done += bytesRead;
+    }
+  }
+
+  async write(buf: Buffer, offset: number): Promise<void> {
+    let done = 0;
+    while (done < buf.length) {
+      const { bytesWritten } = await this.handle.write(buf, done, buf.length - done, offset + done);
+      done += bytesWritten;
+    }
+  }
+
+  async flush(): Promise<void> {
+    await this.handle.datasync();
+  }
+
+  async close(): Promise<void> {
+    await this.handle.close();
+  }
+}
+
+/** Thrown by MemoryBlockDevice once its crash point is reached. */
+export class SimulatedCrash extends Error {
+  override readonly name = 'SimulatedCrash';
+}
+
+/**
+ * Shared by the devices of one simulated machine: counts writes across all of them and "crashes"
+ * (every later write and flush throws SimulatedCrash, nothing more reaches the media) after write
+ * number `crashAfterWrites`.
+ */
+export class CrashController {
+  writes = 0;
+  crashed = false;
+  constructor(public crashAfterWrites = Infinity) {}
+
+  beforeWrite(): void {
+    if (this.crashed || this.writes >= this.crashAfterWrites) {
+      this.crashed = true;
+      throw new SimulatedCrash(`simulated crash after ${this.writes} writes`);
+    }
+    this.writes++;
+  }
+}
+
+const PAGE = 4096;
+
+/**
+ * In-memory sparse device for tests. Faults: a CrashController (crash after write K), and
+ * `failReads`/`failWrites` (byte offsets of 4 KiB pages that return EIO).
+ * With `loseUnflushed`, a crash also drops writes made since the last flush (power-loss model);
+ * otherwise it keeps them (process-kill model: the page cache survives).
+ */
+export class MemoryBlockDevice implements BlockDevice {
+  private pages = new Map<number, Buffer>();
+  private unflushed = new Map<number, Buffer | undefined>();
+  readonly failReads = new Set<number>();
+  readonly failWrites = new Set<number>();
+
+  constructor(
+    private bytes: number,
+    readonly crash: CrashController = new CrashController(),
+    readonly loseUnflushed = false,
+  ) {}
+
+  async size(): Promise<number> {
+    return this.bytes;
+  }
+
+  resize(bytes: number): void {
+    this.bytes = bytes;
+  }
+
+  async read(buf: Buffer, offset: number): Promise<void> {
+    for (let done = 0; done < buf.length;) {
+      const pos = offset + done;
+      const page = Math.floor(pos / PAGE);
+      if (this.failReads.has(page)) throw Object.assign(new Error('EIO (injected)'), { code: 'EIO' });
+      const within = pos - page * PAGE;
+      const n = Math.min(PAGE - within, buf.length - done);
+      const data = this.pages.get(page);
+      if (data) data.copy(buf, done, within, within + n);
+      else buf.fill(0, done, done + n);
+      done += n;
+    }
+  }
+
+  async write(buf: Buffer, offset: number): Promise<void> {
+    this.crash.beforeWrite();
+    if (offset + buf.length > this.bytes) {
+      throw strataError('OUT_OF_RANGE', `write past the end of a ${this.bytes}-byte memory device`, { offset });
+    }
+    for (let done = 0; done < buf.length;) {
+      const pos = offset + done;
+      const page = Math.floor(pos / PAGE);
+      if (this.failWrites.has(page)) throw Object.assign(new Error('EIO (injected)'), { code: 'EIO' });
+      const within = pos - page * PAGE;
+      const n = Math.min(PAGE - within, buf.length - done);
+      let data = this.pages.get(page);
+      if (this.loseUnflushed && !this.unflushed.has(page)) this.unflushed.set(page, data ? Buffer.from(data) : undefined);
+      if (!data) {
+        data = Buffer.alloc(PAGE);
+        this.pages.set(page, data);
+      }
+      buf.copy(data, within, done, done + n);
+      done += n;
+    }
+  }
+
+  async flush(): Promise<void> {
+    if (this.crash.crashed) throw new SimulatedCrash('flush after crash');
+    this.unflushed.clear();
+  }
+
+  async close(): Promise<void> {}
+
+  /** The device as it would be found after the crash (unflushed writes dropped if so configured). */
+  afterCrash(): MemoryBlockDevice {
+    const copy = new MemoryBlockDevice(this.bytes);
+    for (const [page, data] of this.pages) copy.pages.set(page, Buffer.from(data));
+    if (this.loseUnflushed) {
+      for (const [page, before] of this.unflushed) {
+        if (before) copy.pages.set(page, Buffer.from(before));
+        else copy.pages.delete(page);
+      }
+    }
+    return copy;
+  }
+}

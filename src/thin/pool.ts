@@ -1,0 +1,371 @@
+import { FileBlockDevice, type BlockDevice } from './block-device.js';
+import { ThinMetadata } from './metadata.js';
+import { Mutex } from './mutex.js';
+import { normaliseFeatures, type PoolFeatures } from './features.js';
+import { parseMessage, type PoolMessage } from './message.js';
+import { formatPoolStatus, type PoolStatus } from './status.js';
+import { ThinDevice } from './thin-device.js';
+import { DATA_BLOCK_SIZE_MAX_SECTORS, DATA_BLOCK_SIZE_MIN_SECTORS, SECTOR_SIZE } from './format/constants.js';
+import { lockFile, type FileLock } from '../util/file-lock.js';
+import { isStrataError, strataError } from '../errors.js';
+
+/**
+ * A thin pool: one metadata device and one data device carved into data blocks, holding thin
+ * devices that get blocks only when written, and snapshots that share blocks until one side
+ * writes (Linux dm-thin's `thin-pool` target, in user space).
+ *
+ * Lifecycle: `Pool.open` (formats blank metadata) → messages (`create_thin`, `create_snap`, …,
+ * each committed) → `openThin(id, size)` for I/O → `commit()` (data flushed first, superblock
+ * written last) → `close()`. One process at a time opens a pool for writing: `open` takes an
+ * exclusive flock on the metadata file (shared for `read_only`), which the kernel drops if the
+ * process dies.
+ *
+ *     const pool = await Pool.open({ metadataPath, dataPath, dataBlockSectors: 128 });
+ *     await pool.message('create_thin 0');
+ *     const dev = await pool.openThin(0, 10 * 2 ** 30);
+ *     await dev.write(buf, 4096);
+ *     await dev.flush();
+ *     await pool.close();
+ *
+ * All metadata work is serialised through one mutex; metadata stays on disk behind a block
+ * cache, only the space-map counts are resident (a byte per block).
+ */
+export interface PoolOptions {
+  metadataPath?: string;
+  dataPath?: string;
+  /** Or bring your own devices (tests: MemoryBlockDevice). */
+  metadataDevice?: BlockDevice;
+  dataDevice?: BlockDevice;
+  /** Data block size in 512-byte sectors: 128 (64 KiB) .. 2097152 (1 GiB), a multiple of 128. */
+  dataBlockSectors: number;
+  /** Data blocks in the pool; default: the data device's size / block size. */
+  nrDataBlocks?: number;
+  /** Free data blocks at or below which `onLowWater` fires (once per crossing). */
+  lowWaterMark?: number;
+  features?: Partial<PoolFeatures> | readonly string[];
+  onLowWater?: () => void;
+  /** How long writes wait for space without `error_if_no_space` (no_space_timeout, 60 s). */
+  noSpaceTimeoutMs?: number;
+  /** Commit once this many metadata blocks are dirty (bounds memory and replay). Default 4096. */
+  autoCommitBlocks?: number;
+  /** Periodic commit like the kernel's COMMIT_PERIOD (ms; 0 = off). Default 0. */
+  commitIntervalMs?: number;
+  lockTimeoutMs?: number;
+  cacheBlocks?: number;
+}
+
+export type PoolMode = 'rw' | 'out_of_data_space' | 'ro';
+
+export class Pool {
+  readonly features: PoolFeatures;
+  readonly blockBytes: number;
+  readonly blockSectors: number;
+  private readonly mutex = new Mutex();
+  private readonly open = new Map<number, ThinDevice>();
+  private dataDirty = false;
+  private lowWaterFired = false;
+  private failedMode: PoolMode | null = null;
+  private outOfSpace = false;
+  private spaceWaiters: Array<() => void> = [];
+  private timer: NodeJS.Timeout | null = null;
+  private closed = false;
+
+  private constructor(
+    readonly md: ThinMetadata,
+    readonly metadataDevice: BlockDevice,
+    readonly dataDevice: BlockDevice,
+    private readonly opts: PoolOptions,
+    private readonly lock: FileLock | null,
+  ) {
+    this.features = normaliseFeatures(opts.features);
+    this.blockSectors = opts.dataBlockSectors;
+    this.blockBytes = opts.dataBlockSectors * SECTOR_SIZE;
+    if (opts.commitIntervalMs && !this.features.readOnly) {
+      this.timer = setInterval(() => void this.commit().catch(() => undefined), opts.commitIntervalMs);
+      this.timer.unref();
+    }
+  }
+
+  static async open(opts: PoolOptions): Promise<Pool> {
+    const s = opts.dataBlockSectors;
+    if (!Number.isInteger(s) || s < DATA_BLOCK_SIZE_MIN_SECTORS || s > DATA_BLOCK_SIZE_MAX_SECTORS || s % DATA_BLOCK_SIZE_MIN_SECTORS !== 0) {
+      throw strataError('INVALID_TABLE', `data block size ${s} sectors is not a multiple of 128 in 128..2097152`);
+    }
+    const features = normaliseFeatures(opts.features);
+    let lock: FileLock | null = null;
+    let meta = opts.metadataDevice;
+    let data = opts.dataDevice;
+    try {
+      if (!meta) {
+        if (!opts.metadataPath) throw strataError('INVALID_ARGUMENT', 'a pool needs a metadata path or device');
+        lock = await lockFile(opts.metadataPath, { shared: features.readOnly, timeoutMs: opts.lockTimeoutMs });
+        meta = await FileBlockDevice.open(opts.metadataPath, { readOnly: features.readOnly });
+      }
+      if (!data) {
+        if (!opts.dataPath) throw strataError('INVALID_ARGUMENT', 'a pool needs a data path or device');
+        data = await FileBlockDevice.open(opts.dataPath, { readOnly: features.readOnly });
+      }
+      const blockBytes = s * SECTOR_SIZE;
+      const dataSize = await data.size();
+      const nrDataBlocks = opts.nrDataBlocks ?? Math.floor(dataSize / blockBytes);
+      if (nrDataBlocks * blockBytes > dataSize) {
+        throw strataError('INVALID_TABLE', `data device holds ${dataSize} bytes, less than ${nrDataBlocks} blocks of ${blockBytes}`);
+      }
+      const md = await ThinMetadata.open(meta, { dataBlockSize: s, nrDataBlocks, readOnly: features.readOnly, cacheBlocks: opts.cacheBlocks });
+      if (md.changed) await md.commit(); // a grown data space map
+      return new Pool(md, meta, data, opts, lock);
+    } catch (err) {
+      if (!opts.metadataDevice) await meta?.close().catch(() => undefined);
+      if (!opts.dataDevice) await data?.close().catch(() => undefined);
+      await lock?.release();
+      throw err;
+    }
+  }
+
+  get mode(): PoolMode {
+    if (this.features.readOnly) return 'ro';
+    return this.failedMode ?? (this.outOfSpace ? 'out_of_data_space' : 'rw');
+  }
+
+  /** Run `fn` holding the pool's mutex. On an unexpected metadata failure the open transaction is
+   * dropped and the pool turns read-only (as the kernel's metadata_operation_failed). */
+  locked<T>(fn: () => Promise<T>): Promise<T> {
+    return this.mutex.run(async () => {
+      if (this.closed) throw strataError('INVALID_ARGUMENT', 'the pool is closed');
+      return fn();
+    });
+  }
+
+  assertWritable(): void {
+    if (this.mode === 'ro') throw strataError('POOL_READ_ONLY', this.failedMode ? 'the pool is read-only after a metadata failure' : 'the pool is read-only');
+  }
+
+  /** Wrap a metadata-changing step: expected refusals pass through, anything else aborts. */
+  async mutate<T>(fn: () => Promise<T>): Promise<T> {
+    this.assertWritable();
+    try {
+      return await fn();
+    } catch (err) {
+      // refusals raised before anything changed pass through; anything else may have left a
+      // half-applied b-tree operation behind, so the transaction is dropped
+      const refusal = isStrataError(err) && err.category !== 'Internal' && err.category !== 'DataLoss' &&
+        (err.code !== 'METADATA_NO_SPACE' || err.context.reserve === true);
+      if (refusal) throw err;
+      await this.md.abort().catch(() => undefined);
+      this.failedMode = 'ro';
+      throw err;
+    }
+  }
+
+  /** Data blocks: allocate one, committing first if only released-this-transaction blocks remain. */
+  async allocDataBlock(): Promise<number> {
+    try {
+      return this.md.allocDataBlock();
+    } catch (err) {
+      if (!isStrataError(err, 'POOL_NO_SPACE')) throw err;
+      if (this.md.dataSm.hasPendingFrees) {
+        await this.commitLocked();
+        return this.md.allocDataBlock();
+      }
+      this.outOfSpace = true;
+      throw err;
+    } finally {
+      this.checkLowWater();
+    }
+  }
+
+  private checkLowWater(): void {
+    const free = this.md.dataSm.nrFree;
+    const mark = this.opts.lowWaterMark ?? 0;
+    if (free <= mark && !this.lowWaterFired) {
+      this.lowWaterFired = true;
+      this.opts.onLowWater?.();
+    } else if (free > mark) this.lowWaterFired = false;
+  }
+
+  /**
+   * Out of data space: with `error_if_no_space` the caller's I/O fails; otherwise it waits for a
+   * resize (up to noSpaceTimeoutMs) and then retries.
+   */
+  async waitForSpace(): Promise<void> {
+    if (this.features.errorIfNoSpace) throw strataError('POOL_NO_SPACE', 'thin pool is out of data space (error_if_no_space)');
+    const timeout = this.opts.noSpaceTimeoutMs ?? 60_000;
+    await new Promise<void>((resolve, reject) => {
+      const t = setTimeout(() => {
+        this.spaceWaiters = this.spaceWaiters.filter((w) => w !== wake);
+        reject(strataError('POOL_NO_SPACE', `thin pool stayed out of data space for ${timeout} ms`));
+      }, timeout);
+      const wake = (): void => {
+        clearTimeout(t);
+        resolve();
+      };
+      this.spaceWaiters.push(wake);
+    });
+  }
+
+  markDataDirty(): void {
+    this.dataDirty = true;
+  }
+
+  /** Flush data, then commit metadata (superblock last). Call with the mutex held. */
+  async commitLocked(): Promise<void> {
+    if (this.features.readOnly) return;
+    if (this.dataDirty) {
+      await this.dataDevice.flush();
+      this.dataDirty = false;
+    }
+    await this.mutate(() => this.md.commit());
+    if (this.outOfSpace && this.md.dataSm.nrFree > 0) this.spaceAvailable();
+  }
+
+  async maybeAutoCommit(): Promise<void> {
+    if (this.md.tm.dirtyCount >= (this.opts.autoCommitBlocks ?? 4096)) await this.commitLocked();
+  }
+
+  private spaceAvailable(): void {
+    this.outOfSpace = false;
+    const waiters = this.spaceWaiters;
+    this.spaceWaiters = [];
+    for (const w of waiters) w();
+  }
+
+  commit(): Promise<void> {
+    return this.locked(() => this.commitLocked());
+  }
+
+  // --- messages -----------------------------------------------------------------------------
+
+  /** A dm `message`: `create_thin N`, `create_snap N ORIGIN`, `delete N`, `set_transaction_id A B`,
+   * `reserve_metadata_snap`, `release_metadata_snap`. Committed before it returns. */
+  async message(text: string): Promise<void> {
+    await this.apply(parseMessage(text));
+  }
+
+  async apply(msg: PoolMessage): Promise<void> {
+    switch (msg.kind) {
+      case 'create_thin': return this.createThin(msg.id);
+      case 'create_snap': return this.createSnap(msg.id, msg.origin);
+      case 'delete': return this.deleteDevice(msg.id);
+      case 'set_transaction_id': return this.setTransactionId(msg.current, msg.next);
+      case 'reserve_metadata_snap': await this.reserveMetadataSnap(); return;
+      case 'release_metadata_snap': return this.releaseMetadataSnap();
+    }
+  }
+
+  private messageOp(fn: () => Promise<void>): Promise<void> {
+    return this.locked(async () => {
+      await this.mutate(fn);
+      await this.commitLocked();
+    });
+  }
+
+  createThin(id: number): Promise<void> {
+    return this.messageOp(() => this.md.createThin(id));
+  }
+
+  /** Snapshot `origin` as `id`. The origin should be quiesced (suspended) by the caller, as dm asks. */
+  createSnap(id: number, origin: number): Promise<void> {
+    return this.messageOp(() => this.md.createSnap(id, origin));
+  }
+
+  deleteDevice(id: number): Promise<void> {
+    return this.messageOp(async () => {
+      if (this.open.has(id)) throw strataError('DEVICE_BUSY', `thin device ${id} is open`, { id: String(id) });
+      await this.md.deleteDevice(id);
+    });
+  }
+
+  setTransactionId(current: number, next: number): Promise<void> {
+    return this.messageOp(async () => this.md.setTransactionId(current, next));
+  }
+
+  async reserveMetadataSnap(): Promise<number> {
+    let held = 0;
+    await this.messageOp(async () => {
+      if (this.dataDirty) {
+        await this.dataDevice.flush();
+        this.dataDirty = false;
+      }
+      held = await this.md.reserveMetadataSnap();
+    });
+    return held;
+  }
+
+  releaseMetadataSnap(): Promise<void> {
+    return this.messageOp(() => this.md.releaseMetadataSnap());
+  }
+
+  /** Ids of the pool's thin devices. */
+  devices(): number[] {
+    return [...this.md.details.keys()].sort((a, b) => a - b);
+  }
+
+  // --- devices ------------------------------------------------------------------------------
+
+  /** Open thin device `id` for I/O; `sizeBytes` is the table length (dm stores no size). */
+  async openThin(id: number, sizeBytes?: number): Promise<ThinDevice> {
+    return this.locked(async () => {
+      this.md.deviceDetails(id);
+      if (this.open.has(id)) throw strataError('DEVICE_BUSY', `thin device ${id} is already open`, { id: String(id) });
+      const dev = new ThinDevice(this, id, sizeBytes ?? Number.MAX_SAFE_INTEGER - (Number.MAX_SAFE_INTEGER % this.blockBytes));
+      this.open.set(id, dev);
+      return dev;
+    });
+  }
+
+  /** Called by ThinDevice.close. */
+  released(id: number): void {
+    this.open.delete(id);
+  }
+
+  /** Pick up a grown data device (or grow to `nrDataBlocks`), like a table reload + resume. */
+  async resize(nrDataBlocks?: number): Promise<void> {
+    await this.locked(async () => {
+      const n = nrDataBlocks ?? Math.floor((await this.dataDevice.size()) / this.blockBytes);
+      await this.mutate(() => this.md.resizeData(n));
+      await this.commitLocked();
+      if (this.md.dataSm.nrFree > 0) this.spaceAvailable();
+      this.checkLowWater();
+    });
+  }
+
+  async status(): Promise<PoolStatus> {
+    return this.locked(async () => {
+      if (this.mode !== 'ro') await this.commitLocked();
+      const total = this.md.metadataSm.nrBlocks;
+      const reserve = Math.min(4096, Math.floor(total / 10));
+      const free = Math.max(0, this.md.metadataSm.nrFree - reserve);
+      const f = this.features;
+      return formatPoolStatus({
+        transactionId: this.md.transactionId,
+        usedMetadataBlocks: total - free,
+        totalMetadataBlocks: total,
+        usedDataBlocks: this.md.dataSm.nrAllocated,
+        totalDataBlocks: this.md.dataSm.nrBlocks,
+        heldRoot: this.md.heldRoot || null,
+        mode: this.mode,
+        discard: f.ignoreDiscard ? 'ignore_discard' : f.noDiscardPassdown ? 'no_discard_passdown' : 'discard_passdown',
+        noSpace: f.errorIfNoSpace ? 'error_if_no_space' : 'queue_if_no_space',
+        needsCheck: this.md.needsCheck,
+        metadataLowWatermark: Math.min(1024, Math.floor(total / 4)),
+      });
+    });
+  }
+
+  /** Commit and release everything. Open thin devices are closed. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    if (this.timer) clearInterval(this.timer);
+    await this.locked(async () => {
+      if (this.failedMode === null) await this.commitLocked();
+      this.closed = true;
+    }).finally(async () => {
+      this.closed = true;
+      this.open.clear();
+      for (const w of this.spaceWaiters) w();
+      if (!this.opts.metadataDevice) await this.metadataDevice.close().catch(() => undefined);
+      if (!this.opts.dataDevice) await this.dataDevice.close().catch(() => undefined);
+      await this.lock?.release();
+    });
+  }
+}

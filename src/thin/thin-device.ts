@@ -1,0 +1,270 @@
+import type { Pool } from './pool.js';
+import { formatThinStatus, type ThinStatus } from './status.js';
+import { isStrataError, strataError } from '../errors.js';
+
+/** A run of a thin device's address space, mapped to data or not (NBD block status). */
+export interface Extent {
+  offset: number;
+  length: number;
+  mapped: boolean;
+}
+
+interface PendingWrite {
+  offset: number;
+  data: Buffer;
+}
+
+/**
+ * One thin device of a pool (dm's `thin` target): a virtual block device of `size` bytes whose
+ * blocks are provisioned from the pool on first write.
+ *
+ * - Reads of unmapped blocks return zeros; reads and writes may have any size and alignment.
+ * - The first write to a block allocates it (zeroing the rest of the block unless the pool has
+ *   `skip_block_zeroing`); a write to a block shared with a snapshot copies it first (a full-block
+ *   write skips the copy).
+ * - Writes are volatile until `flush()` (or a `fua` write), which flushes data and then commits
+ *   the pool's metadata: like a disk with a write cache.
+ * - `suspend()` waits for in-flight I/O and holds new I/O until `resume()`.
+ */
+export class ThinDevice {
+  private gate: { promise: Promise<void>; open: () => void } | null = null;
+  private closed = false;
+
+  constructor(readonly pool: Pool, readonly id: number, readonly size: number) {}
+
+  get suspended(): boolean {
+    return this.gate !== null;
+  }
+
+  private async enter(offset: number, length: number): Promise<void> {
+    while (this.gate) await this.gate.promise;
+    if (this.closed) throw strataError('DEVICE_NOT_FOUND', `thin device ${this.id} is closed`, { id: String(this.id) });
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.size) {
+      throw strataError('OUT_OF_RANGE', `range ${offset}+${length} is outside the ${this.size}-byte device`, { id: String(this.id) });
+    }
+  }
+
+  /** vblock -> data block and time for every mapped block overlapping [offset, end). */
+  private async mappings(offset: number, end: number): Promise<Map<number, { block: number; time: number }>> {
+    const bs = this.pool.blockBytes;
+    const out = new Map<number, { block: number; time: number }>();
+    if (end <= offset) return out;
+    await this.pool.md.mappingsInRange(this.id, Math.floor(offset / bs), Math.floor((end - 1) / bs) + 1, (vb, m) => void out.set(vb, m));
+    return out;
+  }
+
+  async read(buf: Buffer, offset: number): Promise<void> {
+    await this.enter(offset, buf.length);
+    await this.pool.locked(async () => {
+      const bs = this.pool.blockBytes;
+      const end = offset + buf.length;
+      const map = await this.mappings(offset, end);
+      for (let pos = offset; pos < end;) {
+        const vb = Math.floor(pos / bs);
+        const n = Math.min(bs - (pos - vb * bs), end - pos);
+        const m = map.get(vb);
+        if (!m) {
+          buf.fill(0, pos - offset, pos - offset + n);
+          pos += n;
+          continue;
+        }
+        // extend over following blocks mapped to consecutive data blocks: one read
+        let runEnd = pos + n;
+        for (let next = m.block + 1; runEnd < end && map.get(runEnd / bs)?.block === next; next++) {
+          runEnd += Math.min(bs, end - runEnd);
+        }
+        await this.pool.dataDevice.read(buf.subarray(pos - offset, runEnd - offset), m.block * bs + (pos - vb * bs));
+        pos = runEnd;
+      }
+    });
+  }
+
+  async write(buf: Buffer, offset: number, opts: { fua?: boolean } = {}): Promise<void> {
+    await this.enter(offset, buf.length);
+    for (;;) {
+      try {
+        await this.pool.locked(() => this.writeLocked(buf, offset));
+        break;
+      } catch (err) {
+        if (!isStrataError(err, 'POOL_NO_SPACE') || this.pool.features.errorIfNoSpace || this.pool.mode !== 'out_of_data_space') throw err;
+        await this.pool.waitForSpace();
+      }
+    }
+    if (opts.fua) await this.pool.commit();
+  }
+
+  /** The write path, mutex held. Provisions and breaks sharing block by block, then writes data. */
+  private async writeLocked(buf: Buffer, offset: number): Promise<void> {
+    const pool = this.pool;
+    pool.assertWritable();
+    const md = pool.md;
+    const bs = pool.blockBytes;
+    const end = offset + buf.length;
+    const map = await this.mappings(offset, end);
+    const details = md.deviceDetails(this.id);
+    const writes: PendingWrite[] = [];
+    for (let pos = offset; pos < end;) {
+      const vb = Math.floor(pos / bs);
+      const within = pos - vb * bs;
+      const n = Math.min(bs - within, end - pos);
+      const piece = buf.subarray(pos - offset, pos - offset + n);
+      pos += n;
+      const m = map.get(vb);
+      // dm-thin's sharing test: mapped before the device's last snapshot means maybe shared
+      if (m && !(details.snapshottedTime > m.time)) {
+        writes.push({ offset: m.block * bs + within, data: piece });
+        continue;
+      }
+      md.ensureMetadataSpace();
+      const block = await pool.allocDataBlock();
+      if (n === bs) {
+        writes.push({ offset: block * bs, data: piece });
+      } else if (m) {
+        // break sharing: copy the old block, then lay the new bytes over it
+        const copy = Buffer.alloc(bs);
+        await pool.dataDevice.read(copy, m.block * bs);
+        piece.copy(copy, within);
+        writes.push({ offset: block * bs, data: copy });
+      } else if (!pool.features.skipBlockZeroing) {
+        const zeroed = Buffer.alloc(bs);
+        piece.copy(zeroed, within);
+        writes.push({ offset: block * bs, data: zeroed });
+      } else {
+        writes.push({ offset: block * bs + within, data: piece });
+      }
+      await pool.mutate(() => md.insertMapping(this.id, vb, block));
+    }
+    pool.markDataDirty();
+    await writeCoalesced(pool.dataDevice, writes);
+    await pool.maybeAutoCommit();
+  }
+
+  /** Unmap whole blocks inside the range; their data blocks are freed when no longer shared. */
+  async discard(offset: number, length: number): Promise<void> {
+    await this.enter(offset, length);
+    if (this.pool.features.ignoreDiscard) return;
+    await this.pool.locked(() => this.unmapWhole(offset, offset + length));
+  }
+
+  private async unmapWhole(start: number, end: number): Promise<void> {
+    const pool = this.pool;
+    pool.assertWritable();
+    const bs = pool.blockBytes;
+    const first = Math.ceil(start / bs);
+    const last = Math.floor(end / bs);
+    if (last <= first) return;
+    const vblocks: number[] = [];
+    await pool.md.mappingsInRange(this.id, first, last, (vb) => void vblocks.push(vb));
+    for (const vb of vblocks) {
+      pool.md.ensureMetadataSpace();
+      await pool.mutate(() => pool.md.removeMapping(this.id, vb));
+      await pool.maybeAutoCommit();
+    }
+  }
+
+  /** Make the range read as zeros: whole blocks are unmapped, partial mapped blocks are written. */
+  async writeZeroes(offset: number, length: number): Promise<void> {
+    await this.enter(offset, length);
+    const bs = this.pool.blockBytes;
+    const end = offset + length;
+    await this.pool.locked(async () => {
+      const headEnd = Math.min(end, Math.ceil(offset / bs) * bs);
+      const tailStart = Math.max(headEnd, Math.floor(end / bs) * bs);
+      const map = await this.mappings(offset, end);
+      for (const [s, e] of [[offset, headEnd], [tailStart, end]] as const) {
+        if (e > s && map.has(Math.floor(s / bs))) await this.writeLocked(Buffer.alloc(e - s), s);
+      }
+      await this.unmapWhole(headEnd, tailStart);
+    });
+  }
+
+  /** Flush data and commit the pool's metadata. */
+  async flush(): Promise<void> {
+    if (this.closed) throw strataError('DEVICE_NOT_FOUND', `thin device ${this.id} is closed`, { id: String(this.id) });
+    await this.pool.commit();
+  }
+
+  /** Mapped and unmapped runs covering [offset, offset+length), in order. */
+  async mapped(offset: number, length: number): Promise<Extent[]> {
+    await this.enter(offset, length);
+    const end = offset + length;
+    const bs = this.pool.blockBytes;
+    const vblocks: number[] = [];
+    await this.pool.locked(async () => {
+      if (length > 0) await this.pool.md.mappingsInRange(this.id, Math.floor(offset / bs), Math.floor((end - 1) / bs) + 1, (vb) => void vblocks.push(vb));
+    });
+    const out: Extent[] = [];
+    const push = (s: number, e: number, mapped: boolean): void => {
+      s = Math.max(s, offset);
+      e = Math.min(e, end);
+      if (e <= s) return;
+      const last = out[out.length - 1];
+      if (last && last.mapped === mapped && last.offset + last.length === s) last.length += e - s;
+      else out.push({ offset: s, length: e - s, mapped });
+    };
+    let pos = offset;
+    for (const vb of vblocks) {
+      push(pos, vb * bs, false);
+      push(vb * bs, (vb + 1) * bs, true);
+      pos = Math.max(pos, (vb + 1) * bs);
+    }
+    push(pos, end, false);
+    return out;
+  }
+
+  /** dm thin status: mapped sectors and the highest mapped sector. */
+  async status(): Promise<ThinStatus> {
+    return this.pool.locked(async () => {
+      const d = this.pool.md.deviceDetails(this.id);
+      const last = await this.pool.md.highestMapped(this.id);
+      const spb = this.pool.blockSectors;
+      return formatThinStatus(d.mappedBlocks * spb, last === undefined ? null : (last + 1) * spb - 1);
+    });
+  }
+
+  /** Wait for in-flight I/O, then hold new I/O until resume(). */
+  async suspend(): Promise<void> {
+    if (!this.gate) {
+      let open!: () => void;
+      const promise = new Promise<void>((r) => (open = r));
+      this.gate = { promise, open };
+    }
+    await this.pool.locked(async () => undefined);
+  }
+
+  resume(): void {
+    const g = this.gate;
+    this.gate = null;
+    g?.open();
+  }
+
+  /** Release the device (a later `delete` of it is allowed again). */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.resume();
+    this.closed = true;
+    this.pool.released(this.id);
+  }
+}
+
+/** Issue writes, merging neighbours that are adjacent both on the device and in memory. */
+async function writeCoalesced(dev: Pool['dataDevice'], writes: PendingWrite[]): Promise<void> {
+  for (let i = 0; i < writes.length;) {
+    const first = writes[i]!;
+    let len = first.data.length;
+    let j = i + 1;
+    while (j < writes.length) {
+      const w = writes[j]!;
+      const prev = writes[j - 1]!;
+      const adjacentOnDisk = w.offset === first.offset + len;
+      const adjacentInMemory = w.data.buffer === first.data.buffer && w.data.byteOffset === prev.data.byteOffset + prev.data.length;
+      if (!adjacentOnDisk || !adjacentInMemory) break;
+      len += w.data.length;
+      j++;
+    }
+    const data = j === i + 1 ? first.data : Buffer.from(first.data.buffer, first.data.byteOffset, len);
+    await dev.write(data, first.offset);
+    i = j;
+  }
+}
+
