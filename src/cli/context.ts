@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
-import { createReadStream } from 'node:fs';
-import { stat } from 'node:fs/promises';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { pipeline } from 'node:stream/promises';
+import { stat, rename, rm } from 'node:fs/promises';
 import { Transform, type Readable, type TransformCallback } from 'node:stream';
 import { Strata } from '../strata.js';
 import { strataError } from '../errors.js';
@@ -91,4 +92,24 @@ export async function openInput(path: string): Promise<Readable> {
 
 export function shortId(id: string): string {
   return id.replace(/^sha256:/, '').slice(0, 12);
+}
+
+/**
+ * Stream to FILE through a temp sibling renamed into place at the end, so a failed save or
+ * export never leaves a truncated archive under the name asked for; without FILE, to stdout.
+ */
+export async function writeOutput(stream: Readable, path: string | undefined): Promise<void> {
+  if (!path) {
+    if (process.stdout.isTTY) throw strataError('INVALID_ARGUMENT', 'cowardly refusing to write a tar to a terminal: use -o FILE or redirect');
+    await pipeline(stream, process.stdout);
+    return;
+  }
+  const tmp = `${path}.tmp-${process.pid}`;
+  try {
+    await pipeline(stream, createWriteStream(tmp));
+    await rename(tmp, path);
+  } catch (err) {
+    await rm(tmp, { force: true });
+    throw err;
+  }
 }

@@ -15,11 +15,14 @@
 import { mkdir, readFile, readdir, rename, rm, open } from 'node:fs/promises';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { join } from 'node:path';
-import { randomBytes, createHash } from 'node:crypto';
-import { PassThrough, Readable, Transform, type TransformCallback } from 'node:stream';
+import { randomBytes } from 'node:crypto';
+import { PassThrough, type Readable } from 'node:stream';
+import { DigestVerifier } from '../util/digest-verifier.js';
 import { pipeline } from 'node:stream/promises';
 import type { Driver } from '../drivers/driver.js';
-import { TarSplitRecorder, assembleTar, openLayerStream } from '../archive/index.js';
+import { TarSplitRecorder, assembleTar, decodeTarSplitEntry, openLayerStream } from '../archive/index.js';
+import { createGunzip } from 'node:zlib';
+import { createInterface } from 'node:readline';
 import { strataError, isErrno } from '../errors.js';
 import { fsyncDir } from '../util/atomic.js';
 import { type Digest, hexOf, parseDigest, sha256 } from './digest.js';
@@ -145,8 +148,7 @@ export class LayerStore {
         if (passthrough.readableEnded) return resolve();
         passthrough.once('end', resolve).once('error', reject);
       });
-      await recorder.finished();
-      const diffId = recorder.diffId as Digest;
+      const diffId = (await recorder.finished()).diffId as Digest;
       const chainId = parent ? sha256(`${parent} ${diffId}`) : diffId;
       if (await this.has(chainId)) {
         await this.driver.remove(cacheId);
@@ -185,7 +187,7 @@ export class LayerStore {
     const usesDiffDir = typeof this.driver.diffDirectory === 'function';
     const root = usesDiffDir ? await this.driver.diffDirectory!(info.cacheId) : await this.driver.get(info.cacheId);
     const out = new PassThrough({ highWaterMark: 1 << 20 });
-    const verifier = new DigestVerifier(info.diffId);
+    const verifier = new DigestVerifier(info.diffId, `layer data for ${info.diffId}`);
     const tarSplit = createReadStream(join(this.layerDir(chainId), TAR_SPLIT));
     const assembled = new PassThrough({ highWaterMark: 1 << 20 });
     assembleTar(tarSplit, (name) => openInside(root, name), assembled)
@@ -197,6 +199,18 @@ export class LayerStore {
         if (!usesDiffDir) void this.driver.put(info.cacheId).catch(() => undefined);
       });
     return out;
+  }
+
+  /** Length of the layer's tar, from tar-split alone (a save must know it before streaming). */
+  async tarSize(chainId: Digest): Promise<number> {
+    const lines = createInterface({ input: createReadStream(join(this.layerDir(chainId), TAR_SPLIT)).pipe(createGunzip()), crlfDelay: Infinity });
+    let total = 0;
+    for await (const line of lines) {
+      if (line.trim() === '') continue;
+      const entry = decodeTarSplitEntry(line);
+      total += entry.type === 2 ? entry.payload?.length ?? 0 : entry.size ?? 0;
+    }
+    return total;
   }
 
   // ---- container layers -------------------------------------------------------------------
@@ -364,25 +378,3 @@ async function openInside(root: string, name: string): Promise<Readable> {
   if (clean.split('/').includes('..')) throw strataError('PATH_ESCAPE', `tar-split names a path outside the layer: ${name}`);
   return createReadStream(join(root, clean));
 }
-
-/** Passes bytes through and fails at the end if their sha256 is not `expected`. */
-class DigestVerifier extends Transform {
-  private readonly hash = createHash('sha256');
-
-  constructor(private readonly expected: Digest) {
-    super();
-  }
-
-  override _transform(chunk: Buffer, _enc: BufferEncoding, done: TransformCallback): void {
-    this.hash.update(chunk);
-    done(null, chunk);
-  }
-
-  override _flush(done: TransformCallback): void {
-    const actual = `sha256:${this.hash.digest('hex')}`;
-    if (actual !== this.expected) {
-      done(strataError('DIGEST_MISMATCH', `could not verify layer data for ${this.expected}: rebuilt tar has ${actual}`, { id: this.expected }));
-    } else done();
-  }
-}
-

@@ -1,8 +1,5 @@
 import type { Command } from 'commander';
-import { createWriteStream } from 'node:fs';
-import { pipeline } from 'node:stream/promises';
-import { openStrata, print, printJson, printTable, shortId, since } from '../context.js';
-import { strataError } from '../../errors.js';
+import { openStrata, print, printJson, printTable, shortId, since, writeOutput } from '../context.js';
 
 export function registerContainerCommands(program: Command): void {
   program
@@ -92,8 +89,6 @@ export function registerContainerCommands(program: Command): void {
     .argument('<container>')
     .option('-o, --output <file>', 'write to a file instead of stdout')
     .action(async (name: string, opts: { output?: string }, cmd: Command) => {
-      if (!opts.output && process.stdout.isTTY) throw strataError('INVALID_ARGUMENT', 'cowardly refusing to write a tar to a terminal: use -o FILE or redirect');
-      const tar = await (await openStrata(cmd)).exportContainer(name);
-      await pipeline(tar, opts.output ? createWriteStream(opts.output) : process.stdout);
+      await writeOutput(await (await openStrata(cmd)).exportContainer(name), opts.output);
     });
 }

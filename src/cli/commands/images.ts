@@ -2,8 +2,11 @@ import type { Command } from 'commander';
 import { stat } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { tarDirectory } from '../../archive/index.js';
-import { openInput, openStrata, print, printJson, printTable, shortId, since } from '../context.js';
+import { openInput, openStrata, print, printJson, printTable, shortId, since, writeOutput } from '../context.js';
 import { formatSize } from '../../util/units.js';
+import { loadImages } from '../../image/load.js';
+import { saveImages, type SaveFormat } from '../../image/save.js';
+import { strataError } from '../../errors.js';
 
 export function registerImageCommands(program: Command): void {
   program
@@ -22,6 +25,32 @@ export function registerImageCommands(program: Command): void {
         source: source === '-' ? '-' : resolve(source),
       });
       print(id);
+    });
+
+  program
+    .command('load')
+    .description('load images from a docker-archive, an OCI archive or an OCI layout directory')
+    .option('-i, --input <path>', 'archive file or OCI layout directory (default: stdin)')
+    .option('-q, --quiet', 'print only image IDs')
+    .action(async (opts: { input?: string; quiet?: boolean }, cmd: Command) => {
+      const strata = await openStrata(cmd);
+      const source = opts.input ?? '-';
+      const loaded = await loadImages(strata, source === '-' ? await openInput('-') : source);
+      for (const image of loaded) {
+        if (opts.quiet || image.tags.length === 0) print(opts.quiet ? image.id : `Loaded image ID: ${image.id}`);
+        else for (const tag of image.tags) print(`Loaded image: ${tag}`);
+      }
+    });
+
+  program
+    .command('save')
+    .description('save images to a tar archive (docker-archive by default, or OCI)')
+    .argument('<refs...>')
+    .option('-o, --output <file>', 'write to a file instead of stdout')
+    .option('--format <format>', 'docker or oci', 'docker')
+    .action(async (refs: string[], opts: { output?: string; format: string }, cmd: Command) => {
+      if (opts.format !== 'docker' && opts.format !== 'oci') throw strataError('INVALID_ARGUMENT', `--format must be docker or oci, not ${opts.format}`);
+      await writeOutput(await saveImages(await openStrata(cmd), refs, opts.format as SaveFormat), opts.output);
     });
 
   program
