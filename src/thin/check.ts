@@ -15,6 +15,8 @@ export interface CheckIssue {
   kind: 'corrupt' | 'count-mismatch' | 'leak' | 'mapped-blocks' | 'out-of-range' | 'orphan-device';
   message: string;
   block?: number;
+  /** False for hints that thin_check also tolerates (nr_allocated off, as thin_restore 0.9.0 writes). */
+  fatal: boolean;
 }
 
 export interface CheckReport {
@@ -37,8 +39,8 @@ export async function checkMetadata(md: ThinMetadata, opts: { maxIssues?: number
   const expData = new Uint32Array(dsm.nrBlocks);
   const issues: CheckIssue[] = [];
   const maxIssues = opts.maxIssues ?? 100;
-  const issue = (i: CheckIssue): void => {
-    if (issues.length < maxIssues) issues.push(i);
+  const issue = (i: Omit<CheckIssue, 'fatal'> & { fatal?: boolean }): void => {
+    if (issues.length < maxIssues) issues.push({ ...i, fatal: i.fatal ?? true });
   };
   const entriesBelow = new Map<number, number>();
   let mappings = 0;
@@ -181,7 +183,9 @@ export async function checkMetadata(md: ThinMetadata, opts: { maxIssues?: number
   const metadataBlocksUsed = compare(expMeta, (b) => msm.get(b), 'metadata');
   const dataBlocksUsed = compare(expData, (b) => dsm.get(b), 'data');
   for (const [root, used, what] of [[sb.metadataSmRoot, metadataBlocksUsed, 'metadata'], [sb.dataSmRoot, dataBlocksUsed, 'data']] as const) {
-    if (root.nrAllocated !== used) issue({ kind: 'count-mismatch', message: `${what} space map root says ${root.nrAllocated} allocated, bitmaps hold ${used}` });
+    if (root.nrAllocated !== used) {
+      issue({ kind: 'count-mismatch', fatal: false, message: `${what} space map root says ${root.nrAllocated} allocated, bitmaps hold ${used}` });
+    }
   }
-  return { ok: issues.length === 0, issues, devices: details.size, mappings, metadataBlocksUsed, dataBlocksUsed };
+  return { ok: !issues.some((i) => i.fatal), issues, devices: details.size, mappings, metadataBlocksUsed, dataBlocksUsed };
 }

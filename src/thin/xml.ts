@@ -4,7 +4,8 @@ import { strataError } from '../errors.js';
 /**
  * thin_dump's XML (thin-provisioning-tools xml_format): `<superblock>` holding `<device>`s that
  * hold `<range_mapping>` (runs of consecutive virtual and data blocks with one time) and
- * `<single_mapping>` elements. dumpXml writes exactly what thin_dump 0.9.0 writes; the parser
+ * `<single_mapping>` elements. dumpXml writes exactly what thin_dump 0.9.0 writes (which leaves
+ * out `metadata_snap`; the held root is in the pool status); the parser
  * reads that, and also the `<def>`/`<ref>` factoring of the Rust tools.
  */
 
@@ -22,9 +23,8 @@ export interface XmlSuperblock {
 /** Stream the metadata as XML through `out` (called with chunks, in order). */
 export async function dumpXml(md: ThinMetadata, out: (chunk: string) => void | Promise<void>): Promise<void> {
   const sb = md.superblock;
-  const snap = sb.heldRoot ? ` metadata_snap="${sb.heldRoot}"` : '';
   await out(`<superblock uuid="" time="${sb.time}" transaction="${sb.transId}" flags="${sb.flags}" version="${sb.version}" ` +
-    `data_block_size="${sb.dataBlockSize}" nr_data_blocks="${md.dataSm.nrBlocks}"${snap}>\n`);
+    `data_block_size="${sb.dataBlockSize}" nr_data_blocks="${md.dataSm.nrBlocks}">\n`);
   for (const id of [...md.details.keys()].sort((a, b) => a - b)) {
     const d = md.details.get(id)!;
     await out(`  <device dev_id="${id}" mapped_blocks="${d.mappedBlocks}" transaction="${d.transactionId}" ` +

@@ -1,0 +1,150 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { MemoryBlockDevice } from '../../src/thin/block-device.js';
+import { TransactionManager } from '../../src/thin/transaction-manager.js';
+import { SpaceMap } from '../../src/thin/space-map.js';
+import { deleteTree, emptyTree, insert, lookup, remove, walkNodes, walkRange, type ValueType } from '../../src/thin/btree.js';
+import { isLeaf, nrEntries, maxEntries } from '../../src/thin/format/node.js';
+import { rng } from './helpers.js';
+
+function memTm(blocks = 8192): TransactionManager {
+  const tm = new TransactionManager(new MemoryBlockDevice(blocks * 4096), 64);
+  tm.sm = new SpaceMap(blocks, 'METADATA_NO_SPACE');
+  tm.sm.inc(0);
+  return tm;
+}
+
+/** A value type whose values are references counted in `refs` (stands in for data blocks). */
+function counted(refs: Map<number, number>): ValueType {
+  const key = (v: Buffer): number => v.readUInt32LE(0);
+  return {
+    size: 8,
+    inc: (v) => void refs.set(key(v), (refs.get(key(v)) ?? 0) + 1),
+    dec: (v) => {
+      const n = (refs.get(key(v)) ?? 0) - 1;
+      assert.ok(n >= 0, `value ${key(v)} dropped below zero`);
+      if (n === 0) refs.delete(key(v));
+      else refs.set(key(v), n);
+    },
+  };
+}
+
+const val = (n: number): Buffer => {
+  const b = Buffer.alloc(8);
+  b.writeUInt32LE(n, 0);
+  return b;
+};
+
+async function shape(tm: TransactionManager, root: number): Promise<{ nodes: number; depth: number; minLeafFill: number }> {
+  let nodes = 0;
+  let depth = 0;
+  let minLeafFill = Infinity;
+  const levels = new Map<number, number>([[root, 1]]);
+  await walkNodes(tm, root, (b, n) => {
+    nodes++;
+    const d = levels.get(b) ?? 1;
+    depth = Math.max(depth, d);
+    if (isLeaf(n)) {
+      if (b !== root) minLeafFill = Math.min(minLeafFill, nrEntries(n) / maxEntries(n));
+    } else for (let i = 0; i < nrEntries(n); i++) levels.set(n.readUInt32LE(32 + 8 * maxEntries(n) + 8 * i), d + 1);
+  });
+  return { nodes, depth, minLeafFill };
+}
+
+test('btree: random inserts split nodes; lookups and ordered walks agree with a Map', async () => {
+  const tm = memTm();
+  const refs = new Map<number, number>();
+  const vt = counted(refs);
+  const model = new Map<number, number>();
+  let root = await emptyTree(tm, vt);
+  const r = rng(1);
+  for (let i = 0; i < 6000; i++) {
+    const k = Math.floor(r() * 1e9);
+    const v = i + 1;
+    refs.set(v, 1);
+    const { inserted } = await insert(tm, root, k, val(v), vt).then((x) => ((root = x.root), x));
+    assert.equal(inserted, !model.has(k));
+    model.set(k, v);
+  }
+  assert.equal(refs.size, model.size, 'overwritten values were released');
+  const s = await shape(tm, root);
+  assert.ok(s.depth >= 2, 'the tree grew beyond a single leaf');
+  for (const [k, v] of model) assert.equal((await lookup(tm, root, k))!.readUInt32LE(0), v);
+  assert.equal(await lookup(tm, root, 1e9 + 5), undefined);
+  const keys: number[] = [];
+  await walkRange(tm, root, 0, Infinity, (k) => void keys.push(k));
+  assert.deepEqual(keys, [...model.keys()].sort((a, b) => a - b));
+  const some: number[] = [];
+  await walkRange(tm, root, keys[100]!, keys[200]!, (k) => void some.push(k));
+  assert.deepEqual(some, keys.slice(100, 200));
+});
+
+test('btree: sequential appends build full leaves', async () => {
+  const tm = memTm();
+  let root = await emptyTree(tm, { size: 8 });
+  for (let k = 0; k < 252 * 20; k++) root = (await insert(tm, root, k, val(k), { size: 8 })).root;
+  const s = await shape(tm, root);
+  // 5040 keys in leaves of 252: a bulk build needs 20 leaves + 1 root; even splits would need ~40
+  assert.ok(s.nodes <= 23, `leaves are dense (${s.nodes} nodes)`);
+});
+
+test('btree: removals rebalance and merge, values are released, nothing leaks', async () => {
+  const tm = memTm();
+  const refs = new Map<number, number>();
+  const vt = counted(refs);
+  let root = await emptyTree(tm, vt);
+  const r = rng(2);
+  const keys = Array.from({ length: 5000 }, (_, i) => i * 3);
+  for (const k of keys) {
+    refs.set(k, 1);
+    root = (await insert(tm, root, k, val(k), vt)).root;
+  }
+  const before = await shape(tm, root);
+  keys.sort(() => r() - 0.5);
+  for (let i = 0; i < keys.length; i++) {
+    const { root: nr, removed } = await remove(tm, root, keys[i]!, vt);
+    root = nr;
+    assert.equal(removed!.readUInt32LE(0), keys[i]);
+    assert.equal((await remove(tm, root, keys[i]!, vt)).removed, undefined, 'removing twice is a no-op');
+    if (i === 4500) {
+      const mid = await shape(tm, root);
+      assert.ok(mid.nodes < before.nodes / 4, `nodes merged (${before.nodes} -> ${mid.nodes})`);
+      for (const k of keys.slice(i + 1, i + 50)) assert.ok(await lookup(tm, root, k));
+      for (const k of keys.slice(0, 50)) assert.equal(await lookup(tm, root, k), undefined);
+    }
+  }
+  assert.equal(refs.size, 0, 'every value was released');
+  const end = await shape(tm, root);
+  assert.equal(end.nodes, 1);
+  assert.equal(tm.sm.nrAllocated, 2, 'only the superblock and the empty root remain');
+});
+
+test('btree: a shared tree is copied on write; deleting both copies frees everything', async () => {
+  const tm = memTm();
+  const refs = new Map<number, number>();
+  const vt = counted(refs);
+  let a = await emptyTree(tm, vt);
+  for (let k = 0; k < 2000; k++) {
+    refs.set(k, 1);
+    a = (await insert(tm, a, k, val(k), vt)).root;
+  }
+  // "snapshot": a second reference to the root, as create_snap does
+  tm.inc(a);
+  let b = a;
+  for (let k = 0; k < 2000; k += 100) {
+    refs.set(100000 + k, 1);
+    b = (await insert(tm, b, k, val(100000 + k), vt)).root;
+  }
+  b = (await remove(tm, b, 1999, vt)).root;
+  assert.notEqual(a, b);
+  for (let k = 0; k < 2000; k += 100) {
+    assert.equal((await lookup(tm, a, k))!.readUInt32LE(0), k, 'the original is untouched');
+    assert.equal((await lookup(tm, b, k))!.readUInt32LE(0), 100000 + k);
+  }
+  assert.ok(await lookup(tm, a, 1999));
+  assert.equal(refs.get(5), 2, 'a value in a copied leaf is referenced by both leaves');
+  await deleteTree(tm, a, (v) => vt.dec!(v));
+  await deleteTree(tm, b, (v) => vt.dec!(v));
+  assert.equal(refs.size, 0);
+  assert.equal(tm.sm.nrAllocated, 1);
+});
