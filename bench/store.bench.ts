@@ -1,0 +1,80 @@
+// Issue 2's figures: on a generated ~10,000-file, ~200 MB root filesystem, import time next to
+// `tar -xf` of the same tar into a fresh directory (same run), create latency (median of 20),
+// diff and commit after changing 10 files, and the peak memory of the import process.
+import { mkdtemp, rm, mkdir, writeFile, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { tmpdir } from 'node:os';
+import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { fileURLToPath } from 'node:url';
+
+const repo = fileURLToPath(new URL('..', import.meta.url));
+const cliPath = join(repo, 'bin', 'strata.js');
+
+function timed(cmd: string, args: string[]): { ms: number; maxRssKb: number; stdout: string } {
+  // /usr/bin/time -f gives the child's peak RSS; fall back to plain timing where it is missing
+  const start = process.hrtime.bigint();
+  const r = spawnSync('/usr/bin/time', ['-f', '%M', cmd, ...args], { encoding: 'utf8', maxBuffer: 1 << 26 });
+  const ms = Number(process.hrtime.bigint() - start) / 1e6;
+  if (r.error || r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed: ${r.stderr}`);
+  const lines = r.stderr.trim().split('\n');
+  return { ms, maxRssKb: Number(lines[lines.length - 1]), stdout: r.stdout.trim() };
+}
+
+async function makeRootfs(dir: string): Promise<void> {
+  // 10,000 files in 100 dirs: mostly small, a few large, ~200 MB in all
+  for (let d = 0; d < 100; d++) await mkdir(join(dir, `usr/lib/pkg${d}`), { recursive: true });
+  const big = randomBytes(1 << 20);
+  for (let i = 0; i < 10_000; i++) {
+    const size = i % 100 === 0 ? 10 << 20 : 9_000;
+    const data = size > big.length ? Buffer.concat(Array.from({ length: size / big.length }, () => big)) : big.subarray(i % 1000, i % 1000 + size);
+    await writeFile(join(dir, `usr/lib/pkg${i % 100}/file${i}`), data);
+  }
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+
+export async function run(): Promise<void> {
+  const work = await mkdtemp(join(process.env.STRATA_BENCH_TMP ?? tmpdir(), 'strata-bench-store-'));
+  try {
+    const src = join(work, 'rootfs');
+    await makeRootfs(src);
+    const tar = join(work, 'rootfs.tar');
+    spawnSync('tar', ['-C', src, '-cf', tar, '.']);
+    const size = (await readFile(tar)).length;
+    await rm(src, { recursive: true });
+
+    for (const driver of ['vfs', 'overlay2']) {
+      const root = join(work, `root-${driver}`);
+      const cli = (...args: string[]) => timed(process.execPath, [cliPath, '--root', root, '--storage-driver', driver, ...args]);
+      try {
+        cli('info');
+      } catch {
+        console.log(`${driver}: not available here, skipped`);
+        continue;
+      }
+      spawnSync('sync');
+      const extractDir = join(work, `extract-${driver}`);
+      await mkdir(extractDir);
+      const tarX = timed('tar', ['-C', extractDir, '-xf', tar]);
+      spawnSync('sync');
+      const imp = cli('import', tar, 'bench:1');
+      console.log(`${driver}: import of ${(size / 1e6).toFixed(0)} MB / 10,000 files: ${imp.ms.toFixed(0)} ms; tar -xf ${tarX.ms.toFixed(0)} ms; ratio ${(imp.ms / tarX.ms).toFixed(2)}x (target ≤ 1.5x)`);
+      console.log(`${driver}: peak RSS of the import process: ${(imp.maxRssKb / 1024).toFixed(0)} MB (target < 200 MB); tar -xf ${(tarX.maxRssKb / 1024).toFixed(0)} MB`);
+      const creates: number[] = [];
+      for (let i = 0; i < 20; i++) creates.push(cli('create', '--name', `c${i}`, 'bench:1').ms);
+      console.log(`${driver}: create latency median of 20: ${median(creates).toFixed(0)} ms (min ${Math.min(...creates).toFixed(0)}, max ${Math.max(...creates).toFixed(0)})`);
+      const mnt = cli('mount', 'c0').stdout;
+      for (let i = 0; i < 10; i++) await writeFile(join(mnt, `usr/lib/pkg${i}/file${i}`), `changed ${i}`);
+      cli('unmount', 'c0');
+      const diff = cli('diff', 'c0');
+      const commit = cli('commit', 'c0', 'bench:2');
+      console.log(`${driver}: diff after 10 changes ${diff.ms.toFixed(0)} ms (${diff.stdout.split('\n').length} lines); commit ${commit.ms.toFixed(0)} ms`);
+      for (let i = 0; i < 20; i++) cli('rm', '-f', `c${i}`);
+      await rm(extractDir, { recursive: true, force: true });
+      await rm(root, { recursive: true, force: true });
+    }
+  } finally {
+    await rm(work, { recursive: true, force: true });
+  }
+}
