@@ -1,0 +1,313 @@
+/**
+ * tar-split (vbatts/tar-split v0.11.2, as moby 20.10 stores `tar-split.json.gz`): while a layer
+ * tar is applied, record every byte that is not file data, plus a CRC-64 and size of each file's
+ * data, so the identical tar can be rebuilt later from the layer's files.
+ *
+ * Records are newline-delimited JSON, gzipped: `{"type":2,"payload":<base64>,"position":N}` for
+ * a raw segment, `{"type":1,"name":…,"size":…,"payload":<crc64 base64 or null>,"position":N}`
+ * for a file. Split rules (shared/reference/image-formats.md §1.4): one segment before each entry
+ * (previous padding + metadata headers + header), one file entry per header, one segment for the
+ * end-of-archive blocks, one per chunk of trailing bytes, and a final empty segment.
+ */
+import { createHash } from 'node:crypto';
+import { once } from 'node:events';
+import { PassThrough, Transform, type Readable, type TransformCallback, type Writable } from 'node:stream';
+import { isUtf8 } from 'node:buffer';
+import { createGunzip, createGzip, type Gzip } from 'node:zlib';
+import { isStrataError, strataError } from '../errors.js';
+import { Crc64 } from './crc64.js';
+import { goJsonString } from './go-json.js';
+import { goClean } from './paths.js';
+import { readTar } from './tar/reader.js';
+
+export const SEGMENT_TYPE = 2;
+export const FILE_TYPE = 1;
+
+export interface TarSplitEntry {
+  type: 1 | 2;
+  name?: string;
+  nameRaw?: Buffer;
+  size?: number;
+  /** Segment bytes, or a file's 8-byte CRC-64 (null for a file of size 0). */
+  payload: Buffer | null;
+  position: number;
+}
+
+/** One NDJSON line (with its newline), byte-identical to Go's json.Encoder output. */
+export function encodeTarSplitEntry(e: TarSplitEntry): string {
+  let s = `{"type":${e.type}`;
+  if (e.name) s += `,"name":${goJsonString(e.name)}`;
+  if (e.nameRaw && e.nameRaw.length > 0) s += `,"name_raw":"${e.nameRaw.toString('base64')}"`;
+  if (e.size) s += `,"size":${e.size}`;
+  s += `,"payload":${e.payload === null ? 'null' : `"${e.payload.toString('base64')}"`}`;
+  s += `,"position":${e.position}}\n`;
+  return s;
+}
+
+/** Parse one record (accepts both `name` and `name_raw`, keys in any order). */
+export function decodeTarSplitEntry(line: string): TarSplitEntry {
+  let obj: Record<string, unknown>;
+  try {
+    obj = JSON.parse(line) as Record<string, unknown>;
+  } catch (err) {
+    throw strataError('INVALID_ARCHIVE', `tar-split: invalid JSON record: ${(err as Error).message}`);
+  }
+  const lower: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(obj)) lower[k.toLowerCase()] = v;
+  const type = lower.type;
+  if (type !== 1 && type !== 2) throw strataError('INVALID_ARCHIVE', `tar-split: unknown entry type ${String(type)}`);
+  const payload = typeof lower.payload === 'string' ? Buffer.from(lower.payload, 'base64') : null;
+  const e: TarSplitEntry = { type, payload, position: typeof lower.position === 'number' ? lower.position : 0 };
+  if (typeof lower.name === 'string' && lower.name !== '') e.name = lower.name;
+  if (typeof lower.name_raw === 'string' && lower.name_raw !== '') e.nameRaw = Buffer.from(lower.name_raw, 'base64');
+  if (typeof lower.size === 'number') e.size = lower.size;
+  return e;
+}
+
+function nameKey(e: { name?: string; nameRaw?: Buffer }): string {
+  // Go compares the raw bytes; latin1 keeps one char per byte ('/' and '.' are ASCII)
+  const bytes = e.nameRaw ?? Buffer.from(e.name ?? '', 'utf8');
+  return goClean(bytes.toString('latin1'));
+}
+
+function duplicate(name: string): Error {
+  return strataError('DUPLICATE_PATH', `duplicates of file paths not supported: ${name}`, { path: name });
+}
+
+export interface TarSplitResult {
+  /** "sha256:<hex>" of every uncompressed byte that passed through. */
+  diffId: string;
+  /** Bytes that passed through. */
+  size: number;
+}
+
+export interface TarSplitRecorderOptions {
+  /** Append the empty trailing segment moby 20.10 (tar-split v0.11.2) writes (default true). */
+  trailingEmptySegment?: boolean;
+  /** gzip level (default: zlib's default, as Go's compress/gzip). */
+  level?: number;
+}
+
+/**
+ * A pass-through for the uncompressed layer tar: bytes come out unchanged while the tar-split
+ * records go, gzipped, into `sink` (a file stream, say). Memory stays bounded: records are
+ * streamed, file data is only checksummed. Rejects duplicate cleaned paths (DUPLICATE_PATH)
+ * and malformed tars as the reader does. `await recorder.finished()` after the input ends:
+ * it resolves once the sink has everything, with the DiffID and byte count.
+ */
+export class TarSplitRecorder extends Transform {
+  private readonly hash = createHash('sha256');
+  private readonly feed = new PassThrough({ highWaterMark: 1 << 20 });
+  private readonly gzip: Gzip;
+  private readonly parsing: Promise<void>;
+  private readonly done: Promise<TarSplitResult>;
+  private resolveDone!: (r: TarSplitResult) => void;
+  private rejectDone!: (err: Error) => void;
+  private position = 0;
+  private pending = '';
+  private bytes = 0;
+  private digest: string | null = null;
+  private readonly seen = new Set<string>();
+
+  constructor(private readonly sink: Writable, private readonly opts: TarSplitRecorderOptions = {}) {
+    super({ highWaterMark: 1 << 20 });
+    this.done = new Promise((resolve, reject) => {
+      this.resolveDone = resolve;
+      this.rejectDone = reject;
+    });
+    this.done.catch(() => undefined);
+    this.gzip = createGzip(opts.level === undefined ? {} : { level: opts.level });
+    this.gzip.on('error', (err) => this.destroy(err));
+    sink.on('error', (err) => this.destroy(err));
+    this.gzip.pipe(sink);
+    this.parsing = this.parse();
+    this.parsing.catch((err: Error) => this.destroy(err));
+  }
+
+  /** "sha256:<hex>" (available once the input has ended). */
+  get diffId(): string {
+    if (this.digest === null) throw strataError('INTERNAL', 'TarSplitRecorder: diffId read before the input ended');
+    return this.digest;
+  }
+
+  /** Bytes seen so far. */
+  get size(): number {
+    return this.bytes;
+  }
+
+  finished(): Promise<TarSplitResult> {
+    return this.done;
+  }
+
+  private async record(e: Omit<TarSplitEntry, 'position'>): Promise<void> {
+    this.pending += encodeTarSplitEntry({ ...e, position: this.position++ } as TarSplitEntry);
+    if (this.pending.length >= 64 * 1024) await this.flushPending();
+  }
+
+  private async flushPending(): Promise<void> {
+    if (this.pending.length === 0) return;
+    const text = this.pending;
+    this.pending = '';
+    if (!this.gzip.write(text)) await once(this.gzip, 'drain');
+  }
+
+  private async parse(): Promise<void> {
+    const entries = readTar(this.feed, {
+      onEnd: (raw) => (raw.length > 0 ? this.record({ type: 2, payload: raw }) : undefined),
+      onTrailing: (chunk) => this.record({ type: 2, payload: chunk }),
+    });
+    for await (const entry of entries) {
+      if (entry.raw.length > 0) await this.record({ type: 2, payload: entry.raw });
+      const { header } = entry;
+      let payload: Buffer | null = null;
+      if (header.size > 0) {
+        const crc = new Crc64();
+        for await (const chunk of entry.chunks()) crc.update(chunk);
+        payload = crc.digest();
+      }
+      const named = isUtf8(header.nameRaw) ? { name: header.name } : { nameRaw: header.nameRaw };
+      const key = nameKey(named);
+      if (this.seen.has(key)) throw duplicate(header.name);
+      this.seen.add(key);
+      await this.record({ type: 1, ...named, size: header.size, payload });
+    }
+    if (this.opts.trailingEmptySegment !== false) await this.record({ type: 2, payload: Buffer.alloc(0) });
+    await this.flushPending();
+  }
+
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    this.hash.update(chunk);
+    this.bytes += chunk.length;
+    this.push(chunk);
+    if (this.feed.write(chunk)) cb();
+    else this.feed.once('drain', () => cb());
+  }
+
+  override _flush(cb: TransformCallback): void {
+    this.feed.end();
+    (async () => {
+      await this.parsing;
+      this.digest = `sha256:${this.hash.digest('hex')}`;
+      const closed = new Promise<void>((resolve, reject) => {
+        this.sink.once('finish', resolve);
+        this.sink.once('close', resolve);
+        this.sink.once('error', reject);
+      });
+      this.gzip.end();
+      await closed;
+    })().then(
+      () => {
+        cb();
+        this.resolveDone({ diffId: this.digest!, size: this.bytes });
+      },
+      (err: Error) => cb(err),
+    );
+  }
+
+  override _destroy(err: Error | null, cb: (error?: Error | null) => void): void {
+    const e = err ?? strataError('INTERNAL', 'TarSplitRecorder destroyed before the layer ended');
+    this.rejectDone(e);
+    this.feed.destroy();
+    this.gzip.destroy();
+    cb(err);
+  }
+}
+
+async function* lines(source: Readable): AsyncGenerator<string> {
+  let carry = '';
+  for await (const chunk of source) {
+    const text = carry + (chunk as Buffer).toString('utf8');
+    let start = 0;
+    for (;;) {
+      const nl = text.indexOf('\n', start);
+      if (nl === -1) break;
+      const line = text.slice(start, nl).trim();
+      if (line) yield line;
+      start = nl + 1;
+    }
+    carry = text.slice(start);
+  }
+  if (carry.trim()) yield carry.trim();
+}
+
+async function writeOut(out: Writable, data: Buffer): Promise<void> {
+  if (data.length === 0) return;
+  if (out.destroyed) throw strataError('INTERNAL', 'output closed while assembling the layer tar');
+  if (!out.write(data)) {
+    await new Promise<void>((resolve, reject) => {
+      const cleanup = () => {
+        out.off('drain', onDrain);
+        out.off('close', onClose);
+        out.off('error', onError);
+      };
+      const onDrain = () => { cleanup(); resolve(); };
+      const onClose = () => { cleanup(); reject(strataError('INTERNAL', 'output closed while assembling the layer tar')); };
+      const onError = (err: Error) => { cleanup(); reject(err); };
+      out.on('drain', onDrain).on('close', onClose).on('error', onError);
+    });
+  }
+}
+
+export type OpenFile = (name: string, nameRaw?: Buffer) => Promise<Readable>;
+
+/**
+ * Rebuild the exact layer tar from its tar-split records and the layer's files, writing to
+ * `out` (left open unless `opts.end`). Each file's size and CRC-64 are checked: DIGEST_MISMATCH
+ * when the content on disk differs from what was recorded.
+ */
+export async function assembleTar(
+  tarSplitGz: Readable,
+  openFile: OpenFile,
+  out: Writable,
+  opts: { end?: boolean } = {},
+): Promise<void> {
+  const gunzip = createGunzip();
+  tarSplitGz.on('error', (err) => gunzip.destroy(err));
+  tarSplitGz.pipe(gunzip);
+  const seen = new Set<string>();
+  try {
+    for await (const line of lines(gunzip)) {
+      const e = decodeTarSplitEntry(line);
+      if (e.type === SEGMENT_TYPE) {
+        if (e.payload) await writeOut(out, e.payload);
+        continue;
+      }
+      const key = nameKey(e);
+      const display = e.name ?? (e.nameRaw ?? Buffer.alloc(0)).toString('utf8');
+      if (seen.has(key)) throw duplicate(display);
+      seen.add(key);
+      const size = e.size ?? 0;
+      if (size <= 0) continue;
+      const file = await openFile(display, e.nameRaw);
+      const crc = new Crc64();
+      let n = 0;
+      try {
+        for await (const c of file) {
+          const chunk = c as Buffer;
+          crc.update(chunk);
+          n += chunk.length;
+          if (n > size) break;
+          await writeOut(out, chunk);
+        }
+      } finally {
+        file.destroy();
+      }
+      if (n !== size) {
+        throw strataError('DIGEST_MISMATCH', `file size mismatch for ${display}: tar-split says ${size} bytes, found ${n > size ? 'more' : n}`, { path: display });
+      }
+      if (e.payload && !crc.digest().equals(e.payload)) {
+        throw strataError('DIGEST_MISMATCH', `file integrity checksum failed for ${display}`, { path: display });
+      }
+    }
+  } catch (err) {
+    if (isStrataError(err)) throw err;
+    const code = (err as NodeJS.ErrnoException)?.code;
+    if (typeof code === 'string' && code.startsWith('Z_')) {
+      throw strataError('INVALID_ARCHIVE', `tar-split data is corrupt: ${(err as Error).message}`, {}, err);
+    }
+    throw err;
+  } finally {
+    tarSplitGz.unpipe(gunzip);
+  }
+  if (opts.end) out.end();
+}
