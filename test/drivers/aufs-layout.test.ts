@@ -1,0 +1,165 @@
+// aufs specifics beyond the conformance suite: Docker's on-disk layout, what fuse-overlayfs
+// leaves in a branch and how it is brought back to aufs' convention, mount counts shared
+// between processes, and the error when nothing can mount.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fsp from 'node:fs/promises';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { AufsDriver, probeAufs } from '../../src/drivers/aufs/aufs-driver.js';
+import { childLayers, formatLayers, parseLayers } from '../../src/drivers/aufs/layers-file.js';
+import { detectMountProgram, isMounted } from '../../src/drivers/aufs/mount-program.js';
+import { fixupFor, normalizeUpper } from '../../src/drivers/aufs/upper-normalize.js';
+import { getXattr, setXattr } from '../../src/util/xattr.js';
+import { readTar } from '../../src/archive/tar/reader.js';
+import { isStrataError } from '../../src/errors.js';
+import { dir, file, layerTar, tempDir, whiteout } from '../helpers/fstest.js';
+
+const run = promisify(execFile);
+const isRoot = process.getuid?.() === 0;
+const exists = (p: string) => fsp.lstat(p).then(() => true, () => false);
+
+async function withRoot(t: { after(fn: () => Promise<void>): void }) {
+  const root = await tempDir('strata-aufs-');
+  const d = new AufsDriver({ root, options: {} });
+  t.after(async () => {
+    await d.cleanup().catch(() => undefined);
+    await fsp.rm(root, { recursive: true, force: true });
+  });
+  return { root, d, home: join(root, 'aufs') };
+}
+
+test('layers file: ancestors nearest first, one per line', () => {
+  assert.deepEqual(childLayers('p', ['g', 'gg']), ['p', 'g', 'gg']);
+  assert.deepEqual(childLayers(null, []), []);
+  assert.equal(formatLayers(['p', 'g']), 'p\ng\n');
+  assert.equal(formatLayers([]), '');
+  assert.deepEqual(parseLayers('p\ng\n\n'), ['p', 'g']);
+});
+
+test('fixupFor: 0/0 devices become whiteouts, stray .wh.* devices go', () => {
+  assert.equal(fixupFor('x', true), 'to-whiteout');
+  assert.equal(fixupFor('.wh..opq', true), 'drop');
+  assert.equal(fixupFor('x', false), 'keep');
+});
+
+test('create lays out diff/, layers/ and mnt/ as Docker does, with aufs housekeeping', async (t) => {
+  const { d, home } = await withRoot(t);
+  await d.create('base', null);
+  await d.create('mid', 'base');
+  await d.createReadWrite('ctr', 'mid');
+  assert.equal(await fsp.readFile(join(home, 'layers/ctr'), 'utf8'), 'mid\nbase\n');
+  assert.equal(await fsp.readFile(join(home, 'layers/base'), 'utf8'), '');
+  assert.deepEqual((await fsp.readdir(join(home, 'diff/ctr'))).sort(), ['.wh..wh.aufs', '.wh..wh.orph', '.wh..wh.plnk']);
+  assert.ok((await fsp.stat(join(home, 'mnt/ctr'))).isDirectory());
+  assert.deepEqual(await d.metadata('ctr'), { DiffDir: join(home, 'diff/ctr'), MountPoint: join(home, 'mnt/ctr'), Layers: 'mid:base' });
+  await d.remove('mid');
+  assert.equal(await exists(join(home, 'diff/mid')), false);
+  assert.equal(await exists(join(home, 'layers/mid')), false);
+});
+
+test('normalizeUpper turns fuse-overlayfs records into aufs files (no mount needed)', async (t) => {
+  if (!isRoot) return t.skip('mknod of whiteout devices and trusted.* xattrs need root');
+  const base = await tempDir('strata-aufs-norm-');
+  t.after(() => fsp.rm(base, { recursive: true, force: true }));
+  const up = join(base, 'up');
+  await fsp.mkdir(join(up, 'etc'), { recursive: true });
+  await fsp.mkdir(join(up, 'replaced'));
+  await fsp.mkdir(join(up, 'fresh'));
+  await run('mknod', [join(up, 'etc/passwd'), 'c', '0', '0']);
+  await setXattr(join(up, 'replaced'), 'trusted.overlay.opaque', 'y');
+  await run('mknod', [join(up, 'replaced/.wh..opq'), 'c', '0', '0']);
+  await fsp.writeFile(join(up, 'fresh/.wh..wh..opq'), '');
+  await run('mknod', [join(up, 'null'), 'c', '1', '3']);
+  const lowerDirs = new Set(['etc', 'replaced']);
+  const stats = await normalizeUpper(up, async (rel) => lowerDirs.has(rel));
+  assert.deepEqual(stats, { whiteouts: 1, opaque: 1, droppedOpaque: 1 });
+  assert.deepEqual((await fsp.readdir(join(up, 'etc'))).sort(), ['.wh.passwd']);
+  assert.deepEqual((await fsp.readdir(join(up, 'replaced'))).sort(), ['.wh..wh..opq']);
+  assert.equal(await getXattr(join(up, 'replaced'), 'trusted.overlay.opaque'), null);
+  assert.deepEqual(await fsp.readdir(join(up, 'fresh')), [], 'no lower directory: the opaque marker is noise');
+  assert.ok((await fsp.lstat(join(up, 'null'))).isCharacterDevice(), 'a real device node stays');
+  assert.deepEqual(await normalizeUpper(up, async (rel) => lowerDirs.has(rel)), { whiteouts: 0, opaque: 0, droppedOpaque: 0 }, 'idempotent');
+});
+
+test('a container on fuse-overlayfs: changes land in diff/<id> in aufs form after put', async (t) => {
+  const why = isRoot ? await probeAufs('') : 'mounts need root';
+  if (why !== null) return t.skip(why);
+  const { d, home } = await withRoot(t);
+  await d.create('image', null);
+  await d.applyDiff('image', null, Readable.from(await layerTar([dir('etc'), file('etc/passwd', 'p'), file('etc/hosts', 'h'), dir('var/lib'), file('var/lib/x', 'x')])));
+  await d.createReadWrite('ctr', 'image');
+  const mnt = await d.get('ctr');
+  assert.equal(await isMounted(mnt), true);
+  assert.equal(mnt, join(home, 'mnt/ctr'));
+  assert.deepEqual((await fsp.readdir(mnt)).sort(), ['etc', 'var'], 'housekeeping is invisible in the mount');
+  await fsp.unlink(join(mnt, 'etc/passwd'));
+  await fsp.rm(join(mnt, 'var/lib'), { recursive: true });
+  await fsp.mkdir(join(mnt, 'var/lib'));
+  await fsp.mkdir(join(mnt, 'new'));
+  await fsp.writeFile(join(mnt, 'new/f'), 'n');
+  await d.put('ctr');
+  assert.equal(await isMounted(mnt), false);
+  const diff = join(home, 'diff/ctr');
+  assert.deepEqual((await fsp.readdir(join(diff, 'etc'))).sort(), ['.wh.passwd']);
+  assert.deepEqual((await fsp.readdir(join(diff, 'var/lib'))).sort(), ['.wh..wh..opq']);
+  assert.deepEqual((await fsp.readdir(join(diff, 'new'))).sort(), ['f']);
+  // the diff streams diff/<id>: aufs whiteouts, no housekeeping
+  const names: string[] = [];
+  for await (const e of readTar(await d.diff('ctr', 'image'))) {
+    names.push(e.header.name);
+    e.body?.resume?.();
+  }
+  assert.ok(names.some((n) => n.endsWith('etc/.wh.passwd')), names.join(' '));
+  assert.ok(names.some((n) => n.endsWith('var/lib/.wh..wh..opq')), names.join(' '));
+  assert.ok(!names.some((n) => /\.wh\.\.wh\.(aufs|plnk|orph)/.test(n)), names.join(' '));
+  // the change is visible again on the next mount, whiteouts honoured from the upper branch
+  const again = await d.get('ctr');
+  assert.deepEqual((await fsp.readdir(join(again, 'etc'))).sort(), ['hosts']);
+  assert.deepEqual(await fsp.readdir(join(again, 'var/lib')), []);
+  await d.put('ctr');
+});
+
+test('mount counts are shared by processes: a get in one, the put in another', async (t) => {
+  const why = isRoot ? await probeAufs('') : 'mounts need root';
+  if (why !== null) return t.skip(why);
+  const { root, d, home } = await withRoot(t);
+  await d.create('l', null);
+  const script = (op: string) => `import { AufsDriver } from ${JSON.stringify(new URL('../../src/drivers/aufs/aufs-driver.ts', import.meta.url).pathname)};
+    const d = new AufsDriver({ root: ${JSON.stringify(root)}, options: {} }); await d.${op}('l');`;
+  const child = (op: string) => run(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script(op)]);
+  await child('get');
+  await child('get');
+  assert.equal(await isMounted(join(home, 'mnt/l')), true);
+  assert.equal(await fsp.readFile(join(home, 'mountrefs/l'), 'utf8'), '2');
+  await assert.rejects(d.remove('l'), (e) => isStrataError(e, 'LAYER_MOUNTED'));
+  await child('put');
+  assert.equal(await isMounted(join(home, 'mnt/l')), true);
+  await child('put');
+  assert.equal(await isMounted(join(home, 'mnt/l')), false);
+  await d.remove('l');
+});
+
+test('without kernel aufs or fuse-overlayfs, get fails with DRIVER_NOT_SUPPORTED naming what is missing', async () => {
+  const base = await tempDir('strata-aufs-none-');
+  try {
+    const why = await detectMountProgram(base, '/nonexistent');
+    assert.equal(typeof why, 'string');
+    assert.match(why as string, /no aufs module.*fuse-overlayfs is not installed/);
+  } finally {
+    await fsp.rm(base, { recursive: true, force: true });
+  }
+});
+
+test('whiteouts from an applied tar stay aufs files in diff/<id>', async (t) => {
+  const { d, home } = await withRoot(t);
+  await d.create('base', null);
+  await d.applyDiff('base', null, Readable.from(await layerTar([file('a', 'A'), file('b', 'B')])));
+  await d.create('top', 'base');
+  await d.applyDiff('top', 'base', Readable.from(await layerTar([whiteout('a')])));
+  assert.ok(await exists(join(home, 'diff/top/.wh.a')));
+  assert.equal(await d.diffSize('top', 'base'), 0);
+  assert.equal(await d.diffDirectory('top'), join(home, 'diff/top'));
+});
