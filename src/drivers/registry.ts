@@ -16,6 +16,10 @@ const drivers: Record<string, DriverEntry> = {
   vfs: {
     open: async (opts) => (await import('./vfs/vfs-driver.js')).createVfsDriver(opts),
   },
+  overlay2: {
+    open: async (opts) => (await import('./overlay2/overlay2-driver.js')).createOverlay2Driver(opts),
+    probe: async (root) => (await import('./overlay2/overlay-support.js')).probeOverlay2(root),
+  },
 };
 
 /** Drivers in the order Docker prefers them when none is named. */

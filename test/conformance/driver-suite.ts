@@ -104,16 +104,16 @@ export function runDriverSuite(name: string, factory: DriverFactory, options: Su
     });
 
     test('mount twice, put twice: remove is refused while any reference is held', async (d) => {
-      await d.create('l', null);
-      const p1 = await d.get('l');
-      const p2 = await d.get('l');
+      await d.create('layer', null);
+      const p1 = await d.get('layer');
+      const p2 = await d.get('layer');
       assert.equal(p1, p2);
-      await d.put('l');
-      await assert.rejects(d.remove('l'), (e) => isStrataError(e, 'LAYER_MOUNTED'));
+      await d.put('layer');
+      await assert.rejects(d.remove('layer'), (e) => isStrataError(e, 'LAYER_MOUNTED'));
       // still usable with one reference left
       await writeFile(join(p1, 'probe'), 'x').catch(() => undefined);
-      await d.put('l');
-      await d.remove('l');
+      await d.put('layer');
+      await d.remove('layer');
     });
 
     test('diff round-trips byte for byte through apply', async (d) => {
