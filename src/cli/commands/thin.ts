@@ -1,0 +1,153 @@
+import type { Command } from 'commander';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { registryOf } from './dmsetup.js';
+import { openNamedThin } from '../../thin/dmsetup.js';
+import { FileBlockDevice } from '../../thin/block-device.js';
+import { ThinMetadata } from '../../thin/metadata.js';
+import { dumpXml } from '../../thin/xml.js';
+import { restoreXml } from '../../thin/restore.js';
+import { checkMetadata } from '../../thin/check.js';
+import { lockFile } from '../../util/file-lock.js';
+import { parseSize } from '../../util/units.js';
+import { strataError } from '../../errors.js';
+
+const CHUNK = 1 << 20;
+
+async function* chunksOf(path: string): AsyncGenerator<Buffer> {
+  const stream = path === '-' ? process.stdin : createReadStream(path, { highWaterMark: CHUNK });
+  let pending: Buffer[] = [];
+  let size = 0;
+  for await (const c of stream as AsyncIterable<Buffer>) {
+    pending.push(c);
+    size += c.length;
+    if (size >= CHUNK) {
+      yield Buffer.concat(pending);
+      pending = [];
+      size = 0;
+    }
+  }
+  if (size > 0) yield Buffer.concat(pending);
+}
+
+/** Open metadata for reading with a shared lock (no writer can be mid-commit under us). */
+async function withMetadata<T>(path: string, fn: (md: ThinMetadata) => Promise<T>): Promise<T> {
+  const dev = await FileBlockDevice.open(path, { readOnly: true });
+  const lock = await lockFile(path, { shared: true }).catch(async (err) => {
+    await dev.close();
+    throw err;
+  });
+  try {
+    return await fn(await ThinMetadata.open(dev, { readOnly: true }));
+  } finally {
+    await dev.close();
+    await lock.release();
+  }
+}
+
+export function registerThinCommands(program: Command): void {
+  const thin = program.command('thin').description('move bytes in and out of thin devices; dump, check and restore pool metadata');
+
+  thin.command('write')
+    .description('write FILE (or - for stdin) into a thin device, then flush')
+    .argument('<name>', 'thin device name (strata dmsetup ls)')
+    .argument('<file>')
+    .option('--offset <bytes>', 'byte offset in the device (64k, 1G, ...)', '0')
+    .action(async (name: string, file: string, opts: { offset: string }, cmd: Command) => {
+      const { pool, dev } = await openNamedThin(registryOf(cmd), name);
+      try {
+        let pos = parseSize(opts.offset);
+        for await (const chunk of chunksOf(file)) {
+          await dev.write(chunk, pos);
+          pos += chunk.length;
+        }
+        await dev.flush();
+      } finally {
+        await pool.close();
+      }
+    });
+
+  thin.command('read')
+    .description('read from a thin device into FILE (unmapped ranges stay holes) or - for stdout')
+    .argument('<name>')
+    .requiredOption('-o, --output <file>', 'output file, - for stdout')
+    .option('--offset <bytes>', 'byte offset in the device', '0')
+    .option('--length <bytes>', 'bytes to read (default: to the end of the device)')
+    .action(async (name: string, opts: { output: string; offset: string; length?: string }, cmd: Command) => {
+      const { pool, dev } = await openNamedThin(registryOf(cmd), name);
+      try {
+        const offset = parseSize(opts.offset);
+        if (offset > dev.size) throw strataError('OUT_OF_RANGE', `offset ${offset} is past the ${dev.size}-byte device`);
+        const length = opts.length === undefined ? dev.size - offset : parseSize(opts.length);
+        if (opts.output === '-') {
+          const sink = process.stdout;
+          for (let pos = 0; pos < length; pos += CHUNK) {
+            const buf = Buffer.alloc(Math.min(CHUNK, length - pos));
+            await dev.read(buf, offset + pos);
+            if (!sink.write(buf)) await new Promise((r) => sink.once('drain', r));
+          }
+          return;
+        }
+        const outFile = await open(opts.output, 'w');
+        try {
+          await outFile.truncate(length);
+          for (const ext of await dev.mapped(offset, length)) {
+            if (!ext.mapped) continue;
+            for (let pos = ext.offset; pos < ext.offset + ext.length; pos += CHUNK) {
+              const buf = Buffer.alloc(Math.min(CHUNK, ext.offset + ext.length - pos));
+              await dev.read(buf, pos);
+              await outFile.write(buf, 0, buf.length, pos - offset);
+            }
+          }
+        } finally {
+          await outFile.close();
+        }
+      } finally {
+        await pool.close();
+      }
+    });
+
+  thin.command('dump')
+    .description('print pool metadata as thin_dump XML')
+    .argument('<metafile>')
+    .option('-o, --output <file>', 'write to a file instead of stdout')
+    .action(async (metafile: string, opts: { output?: string }) => {
+      const sink = opts.output ? createWriteStream(opts.output) : process.stdout;
+      await withMetadata(metafile, (md) => dumpXml(md, (s) => {
+        if (!sink.write(s)) return new Promise((r) => sink.once('drain', r));
+      }));
+      if (opts.output) await new Promise<void>((r, j) => (sink as ReturnType<typeof createWriteStream>).end((e?: Error | null) => (e ? j(e) : r())));
+    });
+
+  thin.command('check')
+    .description('check pool metadata: every tree, every reference count (like thin_check)')
+    .argument('<metafile>')
+    .option('-q, --quiet', 'print nothing; the exit status tells')
+    .action(async (metafile: string, opts: { quiet?: boolean }) => {
+      const report = await withMetadata(metafile, async (md) => ({ ...(await checkMetadata(md)), transactionId: md.transactionId }));
+      if (!opts.quiet) {
+        process.stdout.write(`TRANSACTION_ID=${report.transactionId}\nDEVICES=${report.devices}\nMAPPINGS=${report.mappings}\n` +
+          `METADATA_BLOCKS_USED=${report.metadataBlocksUsed}\nDATA_BLOCKS_USED=${report.dataBlocksUsed}\n`);
+        for (const i of report.issues) process.stdout.write(`${i.fatal ? 'error' : 'warning'}: ${i.kind}: ${i.message}\n`);
+      }
+      if (!report.ok) throw strataError('METADATA_CORRUPT', `${metafile}: ${report.issues.filter((i) => i.fatal).length} metadata error(s)`, { path: metafile });
+    });
+
+  thin.command('restore')
+    .description('write fresh pool metadata from thin_dump XML (the output file must exist and be large enough)')
+    .requiredOption('-i, --input <xml>', 'XML file, - for stdin')
+    .requiredOption('-o, --output <metafile>', 'metadata file to overwrite')
+    .action(async (opts: { input: string; output: string }) => {
+      const dev = await FileBlockDevice.open(opts.output);
+      const lock = await lockFile(opts.output).catch(async (err) => {
+        await dev.close();
+        throw err;
+      });
+      try {
+        await restoreXml(dev, chunksOf(opts.input));
+      } finally {
+        await dev.close();
+        await lock.release();
+      }
+    });
+}
