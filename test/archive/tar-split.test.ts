@@ -1,0 +1,200 @@
+// tar-split: byte-exact records (moby 20.10 / tar-split v0.11.2) and byte-exact reassembly, with
+// tars from GNU tar (gnu, posix, ustar), Python's tarfile and our own writer; compression detection.
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { createReadStream, mkdirSync, mkdtempSync, readFileSync, symlinkSync, linkSync, writeFileSync } from 'node:fs';
+import { PassThrough, Readable } from 'node:stream';
+import { gunzipSync, gzipSync } from 'node:zlib';
+import { isStrataError } from '../../src/errors.js';
+import {
+  TarSplitRecorder, applyLayerTar, assembleTar, buildTar, encodeHeader, openLayerStream, decodeTarSplitEntry,
+} from '../../src/archive/index.js';
+import { bufferStream, collect, run, sha256, sink, tempDir } from './helpers.js';
+
+async function record(tar: Buffer, chunk = 65536): Promise<{ json: string; gz: Buffer; diffId: string; size: number }> {
+  const out = sink();
+  const rec = new TarSplitRecorder(out.stream);
+  rec.on('error', () => undefined); // surfaced by finished()
+  bufferStream(tar, chunk).pipe(rec).resume();
+  const r = await rec.finished();
+  const gz = out.data();
+  return { json: gunzipSync(gz).toString('utf8'), gz, ...r };
+}
+
+async function assemble(gz: Buffer, root: string): Promise<Buffer> {
+  const out = new PassThrough();
+  const done = collect(out);
+  await assembleTar(Readable.from([gz]), async (name, raw) => createReadStream(raw ? Buffer.concat([Buffer.from(`${root}/`), raw]) : `${root}/${name}`), out);
+  out.end();
+  return done;
+}
+
+async function errorCode(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+  } catch (err) {
+    return isStrataError(err) ? err.code : `non-strata: ${(err as Error).message}`;
+  }
+  return 'no error';
+}
+
+describe('tar-split records', () => {
+  it('reproduces the tiny-layer sample exactly (4 lines, 2914 bytes)', async () => {
+    const header = encodeHeader({ name: 'new.txt', mode: 0o100644, size: 3, mtime: 0o15300561274, uname: 'root', gname: 'root' });
+    const tar = Buffer.concat([header, Buffer.from('hi\n'), Buffer.alloc(1533)]);
+    const { json, diffId, size } = await record(tar);
+    assert.equal(diffId, 'sha256:e03676cdc199431a7b9c61569d8d256fa1a1ac7ead6ee69b0f0005062c98af85');
+    assert.equal(size, 2048);
+    const expected = [
+      `{"type":2,"payload":"${header.toString('base64')}","position":0}`,
+      '{"type":1,"name":"new.txt","size":3,"payload":"YUmYEAAAAAA=","position":1}',
+      `{"type":2,"payload":"${Buffer.alloc(1533).toString('base64')}","position":2}`,
+      '{"type":2,"payload":"","position":3}',
+      '',
+    ].join('\n');
+    assert.equal(json, expected);
+    assert.equal(Buffer.byteLength(json), 2914);
+  });
+
+  it('puts GNU long-name blocks, padding and the header in one segment (§1.8)', async () => {
+    const name = `d/${'x'.repeat(120)}`;
+    const { rawFileBlocks } = await import('../../src/archive/index.js');
+    const tar = Buffer.concat([
+      encodeHeader({ name: 'a', size: 11 }), Buffer.from('hello world'), Buffer.alloc(501),
+      rawFileBlocks('././@LongLink', 'L', Buffer.from(`${name}\0`)), encodeHeader({ name: name.slice(0, 100), size: 0 }),
+      Buffer.alloc(1024), Buffer.alloc(4608),
+    ]);
+    const lines = (await record(tar)).json.trim().split('\n').map((l) => decodeTarSplitEntry(l));
+    assert.deepEqual(lines.map((e) => [e.type, e.name ?? '', e.payload?.length ?? null]), [
+      [2, '', 512], [1, 'a', 8], [2, '', 2037], [1, name, null], [2, '', 1024], [2, '', 4608], [2, '', 0],
+    ]);
+  });
+
+  it('rejects duplicate cleaned paths (DUPLICATE_PATH), as Docker does', async () => {
+    const tar = buildTar([{ header: { name: 'a.txt' }, data: 'x' }, { header: { name: './a.txt' }, data: 'y' }]);
+    assert.equal(await errorCode(record(tar)), 'DUPLICATE_PATH');
+  });
+
+  it('fails reassembly when a file changed (DIGEST_MISMATCH)', async () => {
+    const t = tempDir();
+    try {
+      const tar = buildTar([{ header: { name: 'f' }, data: 'original' }]);
+      const { gz } = await record(tar);
+      writeFileSync(`${t.dir}/f`, 'tampered');
+      assert.equal(await errorCode(assemble(gz, t.dir)), 'DIGEST_MISMATCH');
+      writeFileSync(`${t.dir}/f`, 'original+');
+      assert.equal(await errorCode(assemble(gz, t.dir)), 'DIGEST_MISMATCH');
+      writeFileSync(`${t.dir}/f`, 'original');
+      assert.equal(sha256(await assemble(gz, t.dir)), sha256(tar));
+    } finally {
+      t.cleanup();
+    }
+  });
+});
+
+describe('apply → tar-split → assembleTar reproduces the exact tar', () => {
+  let t: { dir: string; cleanup: () => void };
+  let tree: string;
+  before(() => {
+    t = tempDir();
+    tree = `${t.dir}/tree`;
+    mkdirSync(`${tree}/etc/deep/er`, { recursive: true });
+    writeFileSync(`${tree}/etc/hosts`, '127.0.0.1 localhost\n');
+    writeFileSync(`${tree}/empty`, '');
+    writeFileSync(`${tree}/etc/deep/er/big`, Buffer.alloc(300_000, 7));
+    symlinkSync('hosts', `${tree}/etc/hosts.link`);
+    linkSync(`${tree}/etc/hosts`, `${tree}/etc/hosts.hard`);
+    const long = `${tree}/${'l'.repeat(110)}`;
+    mkdirSync(long);
+    writeFileSync(`${long}/${'m'.repeat(120)}`, 'long names\n');
+    writeFileSync(`${tree}/ünï.txt`, 'utf-8 name\n');
+    run('setfattr', ['-n', 'user.note', '-v', 'hello', `${tree}/etc/hosts`]);
+  });
+  after(() => t.cleanup());
+
+  const cases: Array<[string, string[]]> = [
+    ['GNU tar --format=gnu', ['--format=gnu']],
+    ['GNU tar --format=posix with xattrs', ['--format=posix', '--xattrs', '--xattrs-include=*']],
+    ['GNU tar --format=ustar (short names only)', ['--format=ustar', '--exclude=./l*', '--exclude=./ü*']],
+    ['GNU tar --format=gnu, odd record size', ['--format=gnu', '--blocking-factor=3']],
+  ];
+  for (const [label, args] of cases) {
+    it(label, async () => {
+      const tar = run('tar', [...args, '-cf', '-', '-C', tree, '.']);
+      const target = mkdtempSync(`${t.dir}/apply-`);
+      const out = sink();
+      const rec = new TarSplitRecorder(out.stream);
+      const { size } = await applyLayerTar(target, bufferStream(tar, 10000).pipe(rec), { whiteouts: 'apply' });
+      const r = await rec.finished();
+      assert.equal(r.diffId, sha256(tar));
+      assert.equal(r.size, tar.length);
+      assert.ok(size >= 300_000);
+      const rebuilt = await assemble(out.data(), target);
+      assert.equal(rebuilt.length, tar.length);
+      assert.equal(sha256(rebuilt), sha256(tar));
+    });
+  }
+
+  it('Python tarfile (GNU with a non-UTF-8 name, and PAX)', async () => {
+    const py = `
+import tarfile, io, sys
+for fmt in (tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode='w', format=fmt, encoding='utf-8', errors='surrogateescape') as tf:
+        for name, data in ((b'caf\\xe9.txt'.decode('utf-8', 'surrogateescape'), b'hello latin1'), ('x' * 122, b'long'), ('empty.txt', b'')):
+            ti = tarfile.TarInfo(name); ti.size = len(data); ti.mtime = 1700000000
+            tf.addfile(ti, io.BytesIO(data))
+    sys.stdout.buffer.write(buf.getvalue())
+    sys.stdout.buffer.write(b'SPLIT')
+`;
+    const parts = run('python3', ['-c', py]).toString('latin1').split('SPLIT').filter((s) => s).map((s) => Buffer.from(s, 'latin1'));
+    assert.equal(parts.length, 2);
+    for (const tar of parts) {
+      const { json, gz, diffId } = await record(tar);
+      assert.equal(diffId, sha256(tar));
+      const dir = mkdtempSync(`${t.dir}/py-`);
+      writeFileSync(Buffer.from(`${dir}/caf\xe9.txt`, 'latin1'), 'hello latin1');
+      writeFileSync(`${dir}/${'x'.repeat(122)}`, 'long');
+      writeFileSync(`${dir}/empty.txt`, '');
+      if (tar === parts[0]) assert.ok(json.includes('"name_raw":"Y2Fm6S50eHQ="'), 'non-UTF-8 name stored raw');
+      assert.equal(sha256(await assemble(gz, dir)), sha256(tar));
+    }
+  });
+
+  it('our own writer, fed one byte at a time', async () => {
+    const tar = buildTar([
+      { header: { name: 'dir/', typeflag: '5', mode: 0o40755 } },
+      { header: { name: 'dir/file', mode: 0o100600, xattrs: { 'user.k': 'v' } }, data: 'abc' },
+      { header: { name: 'dir/link', typeflag: '1', linkname: 'dir/file' } },
+    ]);
+    const target = mkdtempSync(`${t.dir}/own-`);
+    const out = sink();
+    const rec = new TarSplitRecorder(out.stream);
+    await applyLayerTar(target, bufferStream(tar, 1).pipe(rec), { whiteouts: 'apply' });
+    await rec.finished();
+    assert.equal(sha256(await assemble(out.data(), target)), sha256(tar));
+  });
+});
+
+describe('openLayerStream (compression by magic)', () => {
+  const tar = buildTar([{ header: { name: 'hello.txt' }, data: 'hello\n'.repeat(1000) }]);
+  it('passes plain tar, gunzips gzip, decompresses zstd', async () => {
+    assert.ok((await collect(await openLayerStream(bufferStream(tar)))).equals(tar));
+    assert.ok((await collect(await openLayerStream(bufferStream(gzipSync(tar), 7)))).equals(tar));
+    const zst = run('zstd', ['-q', '-c'], { input: tar });
+    assert.ok((await collect(await openLayerStream(bufferStream(zst, 5)))).equals(tar));
+  });
+  it('refuses bzip2 and xz with UNSUPPORTED_ARCHIVE', async () => {
+    assert.equal(await errorCode(openLayerStream(bufferStream(run('bzip2', ['-c'], { input: tar })))), 'UNSUPPORTED_ARCHIVE');
+    assert.equal(await errorCode(openLayerStream(bufferStream(run('xz', ['-c'], { input: tar })))), 'UNSUPPORTED_ARCHIVE');
+  });
+  it('reports truncated gzip and corrupt zstd', async () => {
+    const gz = gzipSync(tar);
+    assert.equal(await errorCode(openLayerStream(bufferStream(gz.subarray(0, gz.length - 20))).then(collect)), 'TRUNCATED_ARCHIVE');
+    const garbage = Buffer.concat([Buffer.from([0x28, 0xb5, 0x2f, 0xfd, 0x04, 0x58]), Buffer.alloc(200, 0xa5)]);
+    const c = await errorCode(openLayerStream(bufferStream(garbage)).then(collect));
+    assert.ok(c === 'INVALID_ARCHIVE' || c === 'TRUNCATED_ARCHIVE', c);
+  });
+});
+
+void readFileSync;
