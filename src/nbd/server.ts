@@ -30,6 +30,7 @@ export interface NbdServerOptions {
 
 interface Connection {
   socket: Socket;
+  reader: SocketReader;
   exportName: string | undefined;
   done: Promise<void>;
 }
@@ -81,7 +82,7 @@ export class NbdServer implements ExportLookup {
       throw strataError('DEVICE_BUSY', `export "${name}" is in use by ${users.length} client(s)`, { id: name });
     }
     this.exports.delete(name);
-    for (const c of users) c.socket.end();
+    for (const c of users) c.reader.abort();
     await Promise.all(users.map((c) => c.done));
     return exp;
   }
@@ -132,7 +133,7 @@ export class NbdServer implements ExportLookup {
     this.closing = true;
     await Promise.all(this.listeners.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
     this.listeners.length = 0;
-    for (const c of this.connections) c.socket.end();
+    for (const c of this.connections) c.reader.abort();
     const deadline = setTimeout(() => { for (const c of this.connections) c.socket.destroy(); }, 5000);
     await Promise.all([...this.connections].map((c) => c.done));
     clearTimeout(deadline);
@@ -152,15 +153,14 @@ export class NbdServer implements ExportLookup {
       return;
     }
     socket.setNoDelay(true);
-    const conn: Connection = { socket, exportName: undefined, done: Promise.resolve() };
+    socket.on('error', () => { /* seen by the reader as EOF */ });
+    const conn: Connection = { socket, reader: new SocketReader(socket), exportName: undefined, done: Promise.resolve() };
     this.connections.add(conn);
     conn.done = this.run(conn).finally(() => this.connections.delete(conn));
   }
 
   private async run(conn: Connection): Promise<void> {
-    const { socket } = conn;
-    socket.on('error', () => { /* reported through the reader as EOF */ });
-    const reader = new SocketReader(socket);
+    const { socket, reader } = conn;
     const timer = setTimeout(() => socket.destroy(), HANDSHAKE_TIMEOUT_MS);
     try {
       const neg = await negotiate(socket, reader, this);

@@ -8,6 +8,7 @@ import { strataError } from '../errors.js';
 
 export class SocketReader {
   private ended = false;
+  private aborted = false;
   private wake: (() => void) | undefined;
 
   constructor(private readonly socket: Socket) {
@@ -30,9 +31,19 @@ export class SocketReader {
     return this.ended;
   }
 
+  /** Stop reading: a pending and every later read rejects as if the peer had gone. */
+  abort(): void {
+    this.aborted = true;
+    this.ended = true;
+    const w = this.wake;
+    this.wake = undefined;
+    w?.();
+  }
+
   async read(n: number): Promise<Buffer> {
     if (n === 0) return Buffer.alloc(0);
     for (;;) {
+      if (this.aborted) throw strataError('PROTOCOL_ERROR', 'connection is shutting down', { eof: true });
       const chunk = this.socket.read(n) as Buffer | null;
       if (chunk !== null) {
         if (chunk.length < n) throw strataError('PROTOCOL_ERROR', 'peer closed mid-message');

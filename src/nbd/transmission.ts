@@ -67,48 +67,55 @@ export async function serveTransmission(
     }
   };
 
-  for (;;) {
-    while (inflight.size >= MAX_INFLIGHT) await Promise.race(inflight);
-    if (socket.writableLength > MAX_QUEUED_REPLY) {
-      await new Promise<void>((resolve) => {
-        const done = (): void => {
-          socket.off('drain', done);
-          socket.off('close', done);
-          resolve();
-        };
-        socket.on('drain', done);
-        socket.on('close', done);
-      });
-    }
-    let header: Buffer;
-    try {
-      header = await reader.read(REQUEST_HEADER_LENGTH);
-    } catch {
-      break; // the client went away without NBD_CMD_DISC; nothing left to answer
-    }
-    // A bad magic leaves no way to find the next request: decodeRequest throws and we hang up.
-    const req = decodeRequest(header);
-    let payload: Buffer | undefined;
-    if (req.type === CMD.WRITE) {
-      // the payload follows whatever we think of the request, so it is always consumed
-      if (req.length > maxPayload) {
-        await reader.skip(req.length);
-        sendError(req, NBD_ERR.EINVAL, `write of ${req.length} bytes exceeds ${maxPayload}`);
+  try {
+    await readLoop();
+  } finally {
+    // NBD_CMD_DISC, EOF or shutdown: finish what was asked before the socket is closed
+    await Promise.all(inflight);
+  }
+
+  async function readLoop(): Promise<void> {
+    for (;;) {
+      while (inflight.size >= MAX_INFLIGHT) await Promise.race(inflight);
+      if (socket.writableLength > MAX_QUEUED_REPLY) {
+        await new Promise<void>((resolve) => {
+          const done = (): void => {
+            socket.off('drain', done);
+            socket.off('close', done);
+            resolve();
+          };
+          socket.on('drain', done);
+          socket.on('close', done);
+        });
+      }
+      let header: Buffer;
+      try {
+        header = await reader.read(REQUEST_HEADER_LENGTH);
+      } catch {
+        break; // the client went away without NBD_CMD_DISC; nothing left to answer
+      }
+      // A bad magic leaves no way to find the next request: decodeRequest throws and we hang up.
+      const req = decodeRequest(header);
+      let payload: Buffer | undefined;
+      if (req.type === CMD.WRITE) {
+        // the payload follows whatever we think of the request, so it is always consumed
+        if (req.length > maxPayload) {
+          await reader.skip(req.length);
+          sendError(req, NBD_ERR.EINVAL, `write of ${req.length} bytes exceeds ${maxPayload}`);
+          continue;
+        }
+        payload = await reader.read(req.length);
+      }
+      if (req.type === CMD.DISC) break;
+      const errno = checkRequest(req, ctx);
+      if (errno !== 0) {
+        sendError(req, errno, 'request refused');
         continue;
       }
-      payload = await reader.read(req.length);
+      const p: Promise<void> = run(req, payload).finally(() => inflight.delete(p));
+      inflight.add(p);
     }
-    if (req.type === CMD.DISC) break;
-    const errno = checkRequest(req, ctx);
-    if (errno !== 0) {
-      sendError(req, errno, 'request refused');
-      continue;
-    }
-    const p: Promise<void> = run(req, payload).finally(() => inflight.delete(p));
-    inflight.add(p);
   }
-  // NBD_CMD_DISC: finish what was asked before closing
-  await Promise.all(inflight);
 }
 
 async function execute(

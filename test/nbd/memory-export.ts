@@ -1,5 +1,6 @@
 // An in-memory sparse export for protocol tests: 64 KiB blocks provisioned on first write,
 // released by TRIM and by WRITE_ZEROES without NO_HOLE, like a tiny thin device.
+import { strataError } from '../../src/errors.js';
 import type { NbdExport, NbdExtent, WriteOptions, ZeroOptions } from '../../src/nbd/nbd-export.js';
 
 export const MEM_BLOCK = 64 * 1024;
@@ -63,7 +64,7 @@ export class MemoryExport implements NbdExport {
 
   async writeZeroes(offset: number, length: number, options: ZeroOptions): Promise<void> {
     if (options.noHole) {
-      if (options.fastZero) throw Object.assign(new Error('no fast zero with NO_HOLE'), { code: 'X' });
+      if (options.fastZero) throw strataError('NOT_IMPLEMENTED', 'no fast zero with NO_HOLE');
       await this.write(Buffer.alloc(length), offset, options);
       return;
     }
