@@ -4,7 +4,7 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { base32, generateLinkId, isLinkId, LINK_ID_LENGTH } from '../../src/drivers/overlay2/link-id.js';
 import { buildMountSpec, childLower, MAX_LOWERS, splitLower, type MountRequest } from '../../src/drivers/overlay2/mount-options.js';
-import { classifyUpper, type LowerStat, type UpperEntry } from '../../src/drivers/overlay2/upper-changes.js';
+import { classifyUpper, type Attrs, type ParentView, type UpperEntry } from '../../src/drivers/overlay2/upper-changes.js';
 import { isStrataError } from '../../src/errors.js';
 
 describe('overlay2 link ids', () => {
@@ -81,41 +81,60 @@ describe('overlay2 mount options', () => {
 });
 
 describe('overlay2 changes from the upper directory', () => {
-  const dirStat = (mtime: bigint): LowerStat => ({ isDir: true, size: 4096n, mode: 0o40755, mtimeNs: mtime });
-  const fileStat: LowerStat = { isDir: false, size: 1n, mode: 0o100644, mtimeNs: 1n };
-  const entry = (path: string, kind: 'dir' | 'file' | 'whiteout' | 'opaque', mtime = 5n): UpperEntry => ({
+  const attrs = (kind: 'dir' | 'file' | 'whiteout', extra: Partial<Attrs> = {}): Attrs => ({
+    isDir: kind === 'dir',
+    mode: kind === 'dir' ? 0o40755 : kind === 'file' ? 0o100644 : 0o20000,
+    uid: 0,
+    gid: 0,
+    rdev: 0n,
+    size: kind === 'file' ? 3n : kind === 'dir' ? 4096n : 0n,
+    mtimeNs: 1_000_000_000n,
+    linkTarget: null,
+    xattrs: {},
+    ...extra,
+  });
+  const up = (path: string, kind: 'dir' | 'file' | 'whiteout' | 'opaque', extra: Partial<Attrs> = {}): UpperEntry => ({
     path,
-    isDir: kind === 'dir' || kind === 'opaque',
+    attrs: attrs(kind === 'opaque' ? 'dir' : kind, extra),
     whiteout: kind === 'whiteout',
     opaque: kind === 'opaque',
-    size: kind === 'file' ? 3n : kind === 'whiteout' ? 0n : 4096n,
-    mode: kind === 'file' ? 0o100644 : kind === 'whiteout' ? 0o20000 : 0o40755,
-    mtimeNs: mtime,
   });
+  const view = (entries: Record<string, Attrs>, children: Record<string, string[]> = {}): ParentView => ({
+    lookup: (p) => entries[p] ?? null,
+    children: (p) => children[p] ?? [],
+  });
+  const lines = (list: Array<{ kind: string; path: string }>) => list.map((c) => `${c.kind} ${c.path}`);
 
   it('classifies additions, changes and deletions as docker diff does', () => {
-    const lowers = new Map<string, LowerStat>([['/etc', dirStat(1n)], ['/etc/hosts', fileStat], ['/tmp', dirStat(1n)]]);
+    const parent = view({ '/etc': attrs('dir'), '/etc/hosts': attrs('file'), '/etc/passwd': attrs('file'), '/tmp': attrs('dir') });
     const list = classifyUpper([
-      entry('/etc', 'dir', 9n), entry('/etc/hosts', 'file'), entry('/etc/passwd', 'whiteout'),
-      entry('/tmp', 'dir', 9n), entry('/tmp/new', 'dir'), entry('/tmp/new/file', 'file'),
-    ], (p) => lowers.get(p) ?? null);
-    assert.deepEqual(list.map((c) => `${c.kind} ${c.path}`), ['C /etc', 'C /etc/hosts', 'D /etc/passwd', 'C /tmp', 'A /tmp/new', 'A /tmp/new/file']);
+      up('/etc', 'dir', { mtimeNs: 9n }), up('/etc/hosts', 'file', { size: 7n }), up('/etc/passwd', 'whiteout'),
+      up('/tmp', 'dir', { mtimeNs: 9n }), up('/tmp/new', 'dir'), up('/tmp/new/file', 'file'),
+    ], parent);
+    assert.deepEqual(lines(list), ['C /etc', 'C /etc/hosts', 'D /etc/passwd', 'C /tmp', 'A /tmp/new', 'A /tmp/new/file']);
   });
 
-  it('leaves out a copied-up directory that did not change, but lists the parent of an addition', () => {
-    const lowers = new Map<string, LowerStat>([['/usr', dirStat(5n)], ['/usr/lib', dirStat(5n)], ['/usr/lib/x', fileStat]]);
-    const list = classifyUpper([entry('/usr', 'dir', 5n), entry('/usr/lib', 'dir', 5n), entry('/usr/lib/new', 'file')], (p) => lowers.get(p) ?? null);
-    assert.deepEqual(list.map((c) => `${c.kind} ${c.path}`), ['C /usr/lib', 'A /usr/lib/new']);
+  it('lists every directory above a change, but not a copied-up file that did not change', () => {
+    const parent = view({ '/usr': attrs('dir'), '/usr/lib': attrs('dir'), '/usr/lib/x': attrs('file'), '/usr/lib/same': attrs('file') });
+    const list = classifyUpper([up('/usr', 'dir'), up('/usr/lib', 'dir'), up('/usr/lib/new', 'file'), up('/usr/lib/same', 'file')], parent);
+    assert.deepEqual(lines(list), ['C /usr', 'C /usr/lib', 'A /usr/lib/new']);
   });
 
-  it('reports an opaque directory as deleted and its new children as added', () => {
-    const lowers = new Map<string, LowerStat>([['/var', dirStat(1n)], ['/var/cache', dirStat(1n)]]);
-    const list = classifyUpper([entry('/var', 'dir', 9n), entry('/var/cache', 'opaque'), entry('/var/cache/c', 'file')], (p) => lowers.get(p) ?? null);
-    assert.deepEqual(list.map((c) => `${c.kind} ${c.path}`), ['C /var', 'D /var/cache', 'A /var/cache/c']);
+  it('an opaque directory deletes what the parent had in it, one entry each', () => {
+    const parent = view({ '/var': attrs('dir'), '/var/cache': attrs('dir'), '/var/cache/a': attrs('file'), '/var/cache/b': attrs('dir'), '/var/cache/c': attrs('file') },
+      { '/var/cache': ['a', 'b', 'c'] });
+    const list = classifyUpper([up('/var', 'dir'), up('/var/cache', 'opaque'), up('/var/cache/c', 'file', { size: 1n })], parent);
+    assert.deepEqual(lines(list), ['C /var', 'C /var/cache', 'D /var/cache/a', 'D /var/cache/b', 'C /var/cache/c']);
   });
 
-  it('lists only additions for a layer without lowers, with no change for the root', () => {
-    const list = classifyUpper([entry('/a', 'file'), entry('/d', 'dir'), entry('/d/x', 'file')], () => null);
-    assert.deepEqual(list.map((c) => `${c.kind} ${c.path}`), ['A /a', 'A /d', 'A /d/x']);
+  it('compares mode, owner, symlink target and xattrs; not a directory\'s mtime', () => {
+    const parent = view({ '/d': attrs('dir'), '/l': attrs('file', { linkTarget: 'a' }), '/o': attrs('file'), '/x': attrs('file') });
+    const list = classifyUpper([up('/d', 'dir', { mtimeNs: 5n }), up('/l', 'file', { linkTarget: 'b' }), up('/o', 'file', { uid: 1 }), up('/x', 'file', { xattrs: { 'user.a': 'eA==' } })], parent);
+    assert.deepEqual(lines(list), ['C /l', 'C /o', 'C /x']);
+  });
+
+  it('ignores a whiteout for something the parent does not have; everything is added without lowers', () => {
+    assert.deepEqual(lines(classifyUpper([up('/gone', 'whiteout')], view({}))), []);
+    assert.deepEqual(lines(classifyUpper([up('/a', 'file'), up('/d', 'dir'), up('/d/x', 'file')], view({}))), ['A /a', 'A /d', 'A /d/x']);
   });
 });
