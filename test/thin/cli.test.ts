@@ -130,8 +130,8 @@ test('cli: errors are one line with a status by category; restore round-trips a 
     await ok('thin', 'check', join(dir, 'meta2'));
     // a corrupted copy is reported with the DataLoss status
     const image = await readFile(join(dir, 'meta2'));
-    image[4096 * 7 + 100] ^= 0xff;
-    image[4096 * 9 + 100] ^= 0xff;
+    image[4096 * 7 + 100] = image[4096 * 7 + 100]! ^ 0xff;
+    image[4096 * 9 + 100] = image[4096 * 9 + 100]! ^ 0xff;
     await writeFile(join(dir, 'meta3'), image);
     const broken = await strata('thin', 'check', join(dir, 'meta3'));
     assert.equal(broken.status, 8, broken.stdout + broken.stderr);
