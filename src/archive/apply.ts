@@ -363,7 +363,7 @@ export async function applyLayerTar(target: string, tar: Readable, opts: ApplyOp
         await applier.entry(entry);
       } catch (err) {
         if (isStrataError(err)) throw err;
-        if (isErrno(err, 'ENOTDIR', 'ELOOP')) {
+        if (isErrno(err, 'ENOTDIR', 'ELOOP', 'ENAMETOOLONG')) {
           throw strataError('INVALID_ARCHIVE', `cannot apply ${entry.header.name}: ${(err as Error).message}`, { path: entry.header.name }, err);
         }
         throw err;

@@ -37,8 +37,21 @@ export function entryPath(name: string, what = 'entry'): string {
     throw strataError('PATH_ESCAPE', `${what} ${JSON.stringify(name)} is outside the layer root`, { path: name });
   }
   const rel = c.replace(/^\/+/, '');
+  if (Buffer.byteLength(rel) >= PATH_MAX) {
+    throw strataError('INVALID_ARCHIVE', `${what} name is longer than ${PATH_MAX} bytes`, { path: name.slice(0, 200) });
+  }
+  let depth = 1;
+  for (let i = rel.indexOf('/'); i !== -1; i = rel.indexOf('/', i + 1)) depth++;
+  if (depth > MAX_DEPTH) {
+    throw strataError('INVALID_ARCHIVE', `${what} is nested ${depth} levels deep (limit ${MAX_DEPTH})`, { path: name.slice(0, 200) });
+  }
   return rel === '.' ? '' : rel;
 }
+
+/** Linux PATH_MAX: no longer path can be created or opened. */
+export const PATH_MAX = 4096;
+/** Deepest entry accepted (node-tar's default too): deeper trees break recursive tools. */
+export const MAX_DEPTH = 1024;
 
 export function dirOf(rel: string): string {
   const i = rel.lastIndexOf('/');

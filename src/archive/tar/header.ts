@@ -253,6 +253,8 @@ export function decodeHeader(block: Uint8Array): TarHeader {
   }
   header.name = nameRaw.toString('utf8');
   if (header.size < 0) throw invalid('tar header: negative size', { path: header.name });
+  if (header.uid < 0 || header.gid < 0) throw invalid('tar header: negative uid or gid', { path: header.name });
+  if (header.mode < 0) throw invalid('tar header: negative mode', { path: header.name });
   return header;
 }
 

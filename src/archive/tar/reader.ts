@@ -224,8 +224,13 @@ function applyPax(header: TarHeader, records: PaxRecords): void {
         break;
       case 'uname': header.uname = value; break;
       case 'gname': header.gname = value; break;
-      case 'uid': header.uid = parsePaxInteger('uid', value); break;
-      case 'gid': header.gid = parsePaxInteger('gid', value); break;
+      case 'uid':
+      case 'gid': {
+        const id = parsePaxInteger(key, value);
+        if (id < 0 || id > 0xffffffff) throw strataError('INVALID_ARCHIVE', `PAX header: ${key} ${id} is out of range`);
+        header[key] = id;
+        break;
+      }
       case 'size': {
         const size = parsePaxInteger('size', value);
         if (size < 0) throw strataError('INVALID_ARCHIVE', `PAX header: negative size ${size}`);
