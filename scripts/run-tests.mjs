@@ -14,7 +14,10 @@ function findTests(dir) {
   return out;
 }
 
-const filters = process.argv.slice(2);
+const args = process.argv.slice(2);
+// --built: `npm test` has just compiled dist/, so CLI tests may spawn bin/strata.js directly
+const built = args.includes('--built');
+const filters = args.filter((a) => a !== '--built');
 const files = findTests('test').filter((f) => filters.length === 0 || filters.some((s) => f.includes(s)));
 if (files.length === 0) {
   console.error('no test files matched');
@@ -23,6 +26,6 @@ if (files.length === 0) {
 const result = spawnSync(
   process.execPath,
   ['--import', 'tsx', '--test', '--test-reporter=spec', '--test-concurrency=2', ...files],
-  { stdio: 'inherit' },
+  { stdio: 'inherit', env: { ...process.env, ...(built ? { STRATA_TEST_BUILT: '1' } : {}) } },
 );
 process.exit(result.status ?? 1);

@@ -333,6 +333,9 @@ export class Strata {
       });
       if (mount) {
         if (opts.force) while (await this.isMounted(mount.mountId)) await this.driver.put(mount.mountId);
+        else if (await this.isMounted(mount.mountId)) {
+          throw strataError('LAYER_MOUNTED', `container ${record.Name.slice(1)} is mounted: run strata unmount ${record.Name.slice(1)} first, or rm -f`, { id: record.ID });
+        }
         await this.layers.removeMount(txn, record.ID);
       }
       await this.containers.remove(txn, record.ID);

@@ -23,7 +23,7 @@ import type { Driver } from '../drivers/driver.js';
 import { TarSplitRecorder, assembleTar, decodeTarSplitEntry, openLayerStream } from '../archive/index.js';
 import { createGunzip } from 'node:zlib';
 import { createInterface } from 'node:readline';
-import { strataError, isErrno } from '../errors.js';
+import { strataError, isErrno, isStrataError } from '../errors.js';
 import { fsyncDir } from '../util/atomic.js';
 import { type Digest, hexOf, parseDigest, sha256 } from './digest.js';
 import { setupInitLayer } from './init-layer.js';
@@ -302,7 +302,7 @@ export class LayerStore {
         const ids = name.startsWith('incomplete-mount-') ? [cacheId, `${cacheId}-init`] : [cacheId];
         for (const id of ids) {
           if (!known.has(id) && /^[a-f0-9]{64}(-init)?$/.test(id) && (await this.driver.exists(id))) {
-            await this.driver.remove(id);
+            await this.removeAbandoned(id);
             actions.push(`removed driver layer ${id} of an interrupted ${name.startsWith('incomplete-mount-') ? 'container create' : 'layer import'}`);
           }
         }
@@ -317,13 +317,30 @@ export class LayerStore {
         const path = join(this.dir, sub, name);
         for (const file of ['cache-id', 'mount-id', 'init-id']) {
           const id = (await readFile(join(path, file), 'utf8').catch(() => '')).trim();
-          if (id && !known.has(id) && (await this.driver.exists(id))) await this.driver.remove(id);
+          if (id && !known.has(id) && (await this.driver.exists(id))) await this.removeAbandoned(id);
         }
         await rm(path, { recursive: true, force: true });
         actions.push(`finished removing ${sub}/${name.slice(0, 64)}`);
       }
     }
     return actions;
+  }
+
+  /**
+   * Remove a driver layer that no record refers to. The process that made it may have died
+   * holding references (get without put); nobody else can hold one, since the layer was never
+   * committed, so release them until the driver lets go.
+   */
+  private async removeAbandoned(id: string): Promise<void> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await this.driver.remove(id);
+        return;
+      } catch (err) {
+        if (!isStrataError(err, 'LAYER_MOUNTED') || attempt >= 64) throw err;
+        await this.driver.put(id);
+      }
+    }
   }
 
   private async markIncomplete(name: string, id: string): Promise<void> {

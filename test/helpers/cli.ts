@@ -2,7 +2,11 @@
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
-const entry = fileURLToPath(new URL('./strata-entry.ts', import.meta.url));
+// `npm test` builds first and sets STRATA_TEST_BUILT=1: then the compiled CLI is used (twice as
+// fast to start); a test file run on its own goes through tsx and needs no build.
+const built = process.env.STRATA_TEST_BUILT === '1';
+const entry = fileURLToPath(new URL(built ? '../../bin/strata.js' : './strata-entry.ts', import.meta.url));
+const loader = built ? [] : ['--import', 'tsx'];
 
 export interface CliResult {
   code: number;
@@ -13,7 +17,7 @@ export interface CliResult {
 export function strata(root: string, args: string[], opts: { input?: Buffer; driver?: string } = {}): Promise<CliResult> {
   const driverArgs = opts.driver ? ['--storage-driver', opts.driver] : [];
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', entry, '--root', root, ...driverArgs, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [...loader, entry, '--root', root, ...driverArgs, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
@@ -32,5 +36,5 @@ export async function strataOk(root: string, args: string[], opts: { input?: Buf
 }
 
 export function strataArgsFor(root: string, args: string[]): string[] {
-  return ['--import', 'tsx', entry, '--root', root, ...args];
+  return [...loader, entry, '--root', root, ...args];
 }
