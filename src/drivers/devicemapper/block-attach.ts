@@ -1,0 +1,93 @@
+/**
+ * From an NBD export to a block device and back, with what this kernel has (no dm, no nbd
+ * module): `nbdfuse` shows the export as a file, `losetup` makes that file a block device. Both
+ * outlive the calling process, as a dm device does; nothing about them is kept in memory, so
+ * another process can find and undo an attachment from the file name alone.
+ */
+import { spawn } from 'node:child_process';
+import { open, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { isErrno, strataError } from '../../errors.js';
+import { run } from './exec.js';
+
+const ATTACH_TIMEOUT_MS = 20_000;
+
+function nbdUri(socket: string, exportName: string): string {
+  return `nbd+unix:///${encodeURIComponent(exportName)}?socket=${encodeURIComponent(socket)}`;
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Serve `exportName` as the file `fuseFile` (nbdfuse mounted over a regular file) and attach a
+ * loop device to it. Returns the loop device path.
+ */
+export async function attachBlockDevice(fuseFile: string, socket: string, exportName: string, size: number, logPath: string): Promise<string> {
+  await writeFile(fuseFile, '', { flag: 'a' });
+  const pidFile = `${fuseFile}.pid`;
+  await rm(pidFile, { force: true });
+  const log = await open(logPath, 'a', 0o600);
+  let pid: number | undefined;
+  try {
+    const child = spawn('nbdfuse', ['-P', pidFile, fuseFile, nbdUri(socket, exportName)], { detached: true, stdio: ['ignore', log.fd, log.fd] });
+    pid = child.pid;
+    child.unref();
+  } finally {
+    await log.close();
+  }
+  // ready once the pid file exists and the file shows the export's size
+  const deadline = Date.now() + ATTACH_TIMEOUT_MS;
+  for (;;) {
+    const ready = await readFile(pidFile, 'utf8').then(() => true, () => false);
+    if (ready && (await stat(fuseFile)).size === size) break;
+    if (pid === undefined || !alive(pid) || Date.now() > deadline) {
+      await fuseUnmount(fuseFile);
+      throw strataError('MOUNT_FAILED', `devicemapper: nbdfuse did not serve ${exportName} (see ${logPath})`, { id: exportName });
+    }
+    await sleep(10);
+  }
+  try {
+    return (await run('losetup', ['--find', '--show', fuseFile])).trim();
+  } catch (err) {
+    await fuseUnmount(fuseFile);
+    throw err;
+  }
+}
+
+/** Loop devices backed by `file`. */
+export async function loopsOf(file: string): Promise<string[]> {
+  const out = await run('losetup', ['--noheadings', '--output', 'NAME', '--associated', file]).catch(() => '');
+  return out.split('\n').map((s) => s.trim()).filter(Boolean);
+}
+
+/** Undo attachBlockDevice: detach the loop device(s), unmount the FUSE file, wait for nbdfuse. */
+export async function detachBlockDevice(fuseFile: string): Promise<void> {
+  for (const loop of await loopsOf(fuseFile)) await run('losetup', ['--detach', loop]);
+  await fuseUnmount(fuseFile);
+  await rm(fuseFile, { force: true });
+}
+
+async function fuseUnmount(fuseFile: string): Promise<void> {
+  const pidFile = `${fuseFile}.pid`;
+  const pid = Number.parseInt(await readFile(pidFile, 'utf8').catch(() => ''), 10);
+  await run('fusermount3', ['-u', '-q', fuseFile]).catch((err: unknown) => {
+    // not mounted (already gone) is fine; anything else is not
+    if (!/not found in|not mounted|Invalid argument|No such file/.test(String((err as Error).message))) throw err;
+  });
+  // nbdfuse flushes and exits once unmounted; wait so its last writes have reached the service
+  if (Number.isInteger(pid) && pid > 0) {
+    const deadline = Date.now() + ATTACH_TIMEOUT_MS;
+    while (alive(pid) && Date.now() < deadline) await sleep(5);
+  }
+  await rm(pidFile, { force: true }).catch((err: unknown) => {
+    if (!isErrno(err, 'ENOENT')) throw err;
+  });
+}
