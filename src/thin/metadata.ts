@@ -185,18 +185,23 @@ export class ThinMetadata {
   }
 
   /**
-   * Metadata blocks a commit may need on top of one operation: every bitmap may move, plus index
-   * and ref-count tree shadows. Operations refuse to start below this, so running out of metadata
-   * space is an error, never a half-applied transaction.
+   * Metadata blocks kept back so that a commit can always complete: every bitmap may move (data
+   * bitmaps also shadow the index tree), plus path shadows and splits for one operation. An
+   * operation that grows the metadata refuses to start unless `growthHeadroom` more are free;
+   * operations that free space (delete, discard, releasing the metadata snapshot) may dig into
+   * the headroom, so a full pool can always be emptied. Running out is an error, never a
+   * half-applied transaction.
    */
   get metadataReserve(): number {
-    return 48 + nrBitmapsFor(this.tm.sm.nrBlocks) + 2 * nrBitmapsFor(this.dataSm.nrBlocks);
+    return 32 + nrBitmapsFor(this.tm.sm.nrBlocks) + 2 * nrBitmapsFor(this.dataSm.nrBlocks);
   }
+  static readonly growthHeadroom = 16;
 
-  ensureMetadataSpace(): void {
+  ensureMetadataSpace(freeing = false): void {
     const free = this.tm.sm.nrFree;
-    if (free < this.metadataReserve) {
-      throw strataError('METADATA_NO_SPACE', `metadata space exhausted (${free} blocks free, ${this.metadataReserve} kept in reserve)`, { reserve: true });
+    const need = this.metadataReserve + (freeing ? 0 : ThinMetadata.growthHeadroom);
+    if (free < need) {
+      throw strataError('METADATA_NO_SPACE', `metadata space exhausted (${free} blocks free, ${need} needed)`, { reserve: true });
     }
   }
 
@@ -255,7 +260,7 @@ export class ThinMetadata {
 
   async deleteDevice(id: number): Promise<void> {
     if (!this.details.has(id)) throw strataError('DEVICE_NOT_FOUND', `thin device ${id} does not exist`, { id: String(id) });
-    this.ensureMetadataSpace();
+    this.ensureMetadataSpace(true);
     this.sb.deviceDetailsRoot = (await remove(this.tm, this.sb.deviceDetailsRoot, id, this.detailsVt)).root;
     const { root, removed } = await remove(this.tm, this.sb.dataMappingRoot, id, this.topVt);
     this.sb.dataMappingRoot = root;

@@ -156,7 +156,7 @@ export class ThinDevice {
     const vblocks: number[] = [];
     await pool.md.mappingsInRange(this.id, first, last, (vb) => void vblocks.push(vb));
     for (const vb of vblocks) {
-      pool.md.ensureMetadataSpace();
+      pool.md.ensureMetadataSpace(true);
       await pool.mutate(() => pool.md.removeMapping(this.id, vb));
       await pool.maybeAutoCommit();
     }

@@ -126,7 +126,7 @@ for (const seed of [21, 22]) {
     const full = await run(seed, Infinity, false);
     assert.ok(full.writes > 50, `workload made ${full.writes} writes`);
     let crashes = 0;
-    const step = Math.max(1, Math.floor(full.writes / 150));
+    const step = Math.max(1, Math.floor(full.writes / 80));
     for (let k = 0; k <= full.writes; k += k < 40 ? 1 : step) {
       const lose = k % 2 === 1;
       const out = await run(seed, k, lose);
@@ -134,7 +134,7 @@ for (const seed of [21, 22]) {
       crashes++;
       await verify(out.meta, out.data, out.s, `seed ${seed} crash after write ${k}${lose ? ' (power loss)' : ''}`);
     }
-    assert.ok(crashes >= 100, `${crashes} crash points`);
+    assert.ok(crashes >= 80, `${crashes} crash points`);
   });
 }
 

@@ -1,0 +1,187 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { memPool, filePool, tempDir, pattern, checkDevice, sparseFile } from './helpers.js';
+import { Pool } from '../../src/thin/pool.js';
+import { isStrataError } from '../../src/errors.js';
+import { parseTable, formatTable } from '../../src/thin/table.js';
+import { parsePoolStatus } from '../../src/thin/status.js';
+
+const BS = 64 * 1024;
+const code = (c: string) => (e: unknown) => isStrataError(e) && e.code === c;
+
+test('discard unmaps whole blocks and frees them; shared blocks only lose a reference; ignore_discard ignores', async () => {
+  const { pool, meta } = await memPool();
+  await pool.createThin(1);
+  const dev = await pool.openThin(1, 2 << 20);
+  await dev.write(pattern(1 << 20, 1), 0);
+  await pool.createSnap(2, 1);
+  assert.equal((await pool.status()).usedDataBlocks, 16);
+  // partial blocks at both ends keep their mappings
+  await dev.discard(BS / 2, 4 * BS);
+  assert.equal((await dev.status()).mappedSectors, 13 * 128);
+  assert.equal((await pool.status()).usedDataBlocks, 16, 'the snapshot still holds the discarded blocks');
+  const z = Buffer.alloc(3 * BS, 1);
+  await dev.read(z, BS);
+  assert.ok(z.every((b) => b === 0));
+  const snap = await pool.openThin(2, 2 << 20);
+  await snap.discard(0, 2 << 20);
+  assert.equal((await snap.status()).highestMappedSector, null);
+  assert.equal((await pool.status()).usedDataBlocks, 13);
+  assert.deepEqual(await dev.mapped(0, 1 << 20), [
+    { offset: 0, length: BS, mapped: true },
+    { offset: BS, length: 3 * BS, mapped: false },
+    { offset: 4 * BS, length: 12 * BS, mapped: true },
+  ]);
+  await pool.close();
+  assert.deepEqual((await checkDevice(meta)).issues, []);
+
+  const ig = await memPool({ features: ['ignore_discard'] });
+  await ig.pool.createThin(1);
+  const d = await ig.pool.openThin(1, 1 << 20);
+  await d.write(Buffer.alloc(BS, 7), 0);
+  await d.discard(0, BS);
+  assert.equal((await d.status()).mappedSectors, 128);
+  assert.equal((await ig.pool.status()).discard, 'ignore_discard');
+  await ig.pool.close();
+});
+
+test('writeZeroes reads back zeros, unmapping whole blocks and writing partial ones', async () => {
+  const { pool } = await memPool();
+  await pool.createThin(1);
+  const dev = await pool.openThin(1, 1 << 20);
+  await dev.write(Buffer.alloc(1 << 20, 0xff), 0);
+  await dev.writeZeroes(1000, 3 * BS);
+  const got = Buffer.alloc(1 << 20);
+  await dev.read(got, 0);
+  assert.ok(got.subarray(1000, 1000 + 3 * BS).every((b) => b === 0));
+  assert.ok(got.subarray(0, 1000).every((b) => b === 0xff));
+  assert.ok(got.subarray(1000 + 3 * BS).every((b) => b === 0xff));
+  assert.equal((await dev.status()).mappedSectors, 14 * 128);
+  await pool.close();
+});
+
+test('out of data space with error_if_no_space: ENOSPC-style error, metadata intact, freed space reusable', async () => {
+  const { pool, meta } = await memPool({ dataBytes: 8 * BS, features: ['error_if_no_space'] });
+  await pool.createThin(1);
+  const dev = await pool.openThin(1, 1 << 20);
+  await dev.write(Buffer.alloc(8 * BS, 1), 0);
+  await assert.rejects(dev.write(Buffer.alloc(10, 2), 9 * BS), code('POOL_NO_SPACE'));
+  const st = await pool.status();
+  assert.equal(st.mode, 'out_of_data_space');
+  assert.equal(st.noSpace, 'error_if_no_space');
+  // rewriting mapped blocks needs no space
+  await dev.write(Buffer.alloc(BS, 3), 0);
+  // blocks discarded in this transaction are reused once the pool commits (done by the allocator)
+  await dev.discard(BS, 2 * BS);
+  await dev.write(Buffer.alloc(BS, 4), 12 * BS);
+  assert.equal((await pool.status()).mode, 'rw');
+  await pool.close();
+  assert.deepEqual((await checkDevice(meta)).issues, []);
+});
+
+test('out of data space without error_if_no_space: writes wait until the pool grows', async () => {
+  const { dir, cleanup } = await tempDir();
+  try {
+    let lowWater = 0;
+    const pool = await filePool(dir, { dataBytes: 4 * BS, lowWaterMark: 1, onLowWater: () => lowWater++ });
+    await pool.createThin(1);
+    const dev = await pool.openThin(1, 1 << 20);
+    await dev.write(Buffer.alloc(4 * BS, 1), 0);
+    assert.equal(lowWater, 1, 'the low-water mark fired once');
+    let done = false;
+    const waiting = dev.write(Buffer.alloc(BS, 2), 5 * BS).then(() => (done = true));
+    await new Promise((r) => setTimeout(r, 100));
+    assert.equal(done, false, 'the write is queued');
+    assert.equal((await pool.status()).mode, 'out_of_data_space');
+    await sparseFile(join(dir, 'data'), 16 * BS);
+    await pool.resize();
+    await waiting;
+    const got = Buffer.alloc(BS);
+    await dev.read(got, 5 * BS);
+    assert.ok(got.every((b) => b === 2));
+    assert.equal((await pool.status()).totalDataBlocks, 16);
+    await pool.close();
+  } finally {
+    await cleanup();
+  }
+});
+
+test('a queued write gives up after the no-space timeout', async () => {
+  const { pool } = await memPool({ dataBytes: 2 * BS, noSpaceTimeoutMs: 50 });
+  await pool.createThin(1);
+  const dev = await pool.openThin(1, 1 << 20);
+  await dev.write(Buffer.alloc(2 * BS), 0);
+  await assert.rejects(dev.write(Buffer.alloc(1), 3 * BS), code('POOL_NO_SPACE'));
+  await pool.close();
+});
+
+test('metadata space exhaustion is reported, never half-applied', async () => {
+  const { pool, meta } = await memPool({ metaBytes: 80 * 4096, dataBytes: 64 << 20 });
+  let failed: unknown = null;
+  let created = 0;
+  for (let i = 0; i < 100 && !failed; i++) {
+    try {
+      await pool.createThin(i);
+      created++;
+    } catch (err) {
+      failed = err;
+    }
+  }
+  assert.ok(isStrataError(failed, 'METADATA_NO_SPACE'), String(failed));
+  assert.ok(created > 5);
+  assert.deepEqual(pool.devices().length, created);
+  const st = await pool.status();
+  assert.equal(st.mode, 'rw');
+  assert.equal(st.totalMetadataBlocks, 80);
+  // provisioning needs metadata too: refused up front, nothing half-done
+  const dev = await pool.openThin(0, 1 << 20);
+  await assert.rejects(dev.write(Buffer.alloc(4 * BS, 1), 0), code('METADATA_NO_SPACE'));
+  // deleting devices gives the space back
+  for (let i = 1; i < created; i++) await pool.deleteDevice(i);
+  await dev.write(Buffer.alloc(4 * BS, 1), 0);
+  await dev.flush();
+  await dev.close();
+  await pool.createThin(500);
+  await pool.close();
+  assert.deepEqual((await checkDevice(meta)).issues, []);
+});
+
+test('read_only pools refuse changes; a second writer waits for the lock', async () => {
+  const { dir, cleanup } = await tempDir();
+  try {
+    const pool = await filePool(dir);
+    await pool.createThin(1);
+    const opts = { metadataPath: join(dir, 'metadata'), dataPath: join(dir, 'data'), dataBlockSectors: 128 };
+    await assert.rejects(Pool.open({ ...opts, lockTimeoutMs: 100 }), code('LOCK_TIMEOUT'));
+    await pool.close();
+    const ro = await Pool.open({ ...opts, features: ['read_only'] });
+    const ro2 = await Pool.open({ ...opts, features: ['read_only'] });
+    const dev = await ro.openThin(1, 1 << 20);
+    await assert.rejects(dev.write(Buffer.alloc(1), 0), code('POOL_READ_ONLY'));
+    await assert.rejects(ro.createThin(3), code('POOL_READ_ONLY'));
+    assert.equal((await ro.status()).mode, 'ro');
+    await ro.close();
+    await ro2.close();
+    await assert.rejects(Pool.open({ ...opts, dataBlockSectors: 256 }), code('INVALID_TABLE'));
+  } finally {
+    await cleanup();
+  }
+});
+
+test('tables and status lines parse and format like dm', () => {
+  const line = '0 209715200 thin-pool /m /d 128 32768 1 skip_block_zeroing';
+  const t = parseTable(line);
+  assert.equal(formatTable(t), line);
+  assert.equal(formatTable(parseTable('0 20971520 thin pool 166')), '0 20971520 thin pool 166');
+  assert.equal(formatTable(parseTable('0 256 thin-pool /m /d 128 0 2 error_if_no_space ignore_discard')),
+    '0 256 thin-pool /m /d 128 0 2 ignore_discard error_if_no_space');
+  assert.equal(formatTable(parseTable('0 256 thin-pool /m /d 128 0')), '0 256 thin-pool /m /d 128 0 0');
+  for (const bad of ['0 100 thin-pool /m /d 100 0', '0 100 thin-pool /m /d 128 0 2 skip_block_zeroing', '0 8 thin p 16777216', '0 8 linear /x 0', '1 8 thin p 1']) {
+    assert.throws(() => parseTable(bad), code('INVALID_TABLE'), bad);
+  }
+  const s = parsePoolStatus('0 163/524288 51/1638400 - rw discard_passdown queue_if_no_space - 1024');
+  assert.equal(s.usedDataBlocks, 51);
+  assert.equal(s.heldRoot, null);
+  assert.equal(parsePoolStatus('3 1/2 3/4 17 ro ignore_discard error_if_no_space').heldRoot, 17);
+});
