@@ -49,6 +49,7 @@ export function since(iso: string): string {
   const days = hours / 24;
   let text: string;
   if (seconds < 1) text = 'Less than a second';
+  else if (seconds < 2) text = '1 second';
   else if (seconds < 60) text = `${Math.floor(seconds)} seconds`;
   else if (minutes < 2) text = 'About a minute';
   else if (minutes < 60) text = `${Math.floor(minutes)} minutes`;
