@@ -175,18 +175,13 @@ export class UnionFs {
   }
 
   /**
-   * Whether a new directory at `name` must be opaque: when a read-only branch has the name, or any
-   * branch whites it out (as OverlayFS does when creating over a whiteout; harmless where the
-   * whiteout already hides everything, and it keeps the two formats' diffs identical).
+   * Whether a new directory at `name` must be opaque: when a read-only branch has the name, or
+   * the top whites it out (aufs' diropq on creation over a whiteout; OverlayFS does the same).
    */
   private async newDirOpaque(parent: UnionNode, name: string): Promise<boolean> {
     if (await this.lowerVisible(parent, name)) return true;
-    for (const b of parent.branches) {
-      const p = await this.branches.probe(b, parent.rel, name);
-      if (p.whiteout) return true;
-      if (p.type !== null) return false;
-    }
-    return false;
+    const top = this.branches.top;
+    return parent.branches[0] === top && (await this.branches.probe(top, parent.rel, name)).whiteout;
   }
 
   private async whiteout(parentTop: string, name: string): Promise<void> {
@@ -366,7 +361,10 @@ export class UnionFs {
     const pureTop = src.branches.length === 1 && src.branches[0] === top;
     const staged = pureTop ? this.branches.real(top, src.rel) : await this.up.materialize(src);
     // whatever a read-only branch has under the destination name must not merge into the moved tree
-    if (await (pureTop ? this.lowerVisible(dstParent, d.name) : this.newDirOpaque(dstParent, d.name))) await fsp.writeFile(join(staged, OPAQUE_MARKER), '', { mode: WHITEOUT_MODE });
+    // A moved top-only directory is also made opaque when its new parent merges lower branches
+    // (as OverlayFS's ovl_rename does): lower content may appear under that name later.
+    const intoMerged = pureTop && dstParent.branches.some((b) => b !== top);
+    if (intoMerged || (await this.newDirOpaque(dstParent, d.name))) await fsp.writeFile(join(staged, OPAQUE_MARKER), '', { mode: WHITEOUT_MODE });
     if (oldLower) await this.whiteout(srcParentTop, s.name);
     if (d.node !== null && d.node.branches[0] === top) await fsp.rm(dst, { recursive: true, force: true });
     await fsp.rename(staged, dst);

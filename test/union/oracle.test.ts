@@ -238,7 +238,7 @@ async function applyEngine(u: UnionFs, o: Op): Promise<void> {
 
 const outcome = (p: Promise<void>): Promise<string> => p.then(() => 'ok', (err: NodeJS.ErrnoException) => err.code ?? String(err));
 
-const SEEDS = Number(process.env.STRATA_ORACLE_SEEDS ?? 12);
+const SEEDS = Number(process.env.STRATA_ORACLE_SEEDS ?? 10);
 const OPS = Number(process.env.STRATA_ORACLE_OPS ?? 60);
 
 test('union engine matches kernel OverlayFS on random layers and operations', async (t) => {
@@ -275,14 +275,19 @@ test('union engine matches kernel OverlayFS on random layers and operations', as
         const e = await outcome(applyEngine(u, o));
         log.push(`${JSON.stringify(o)} kernel=${k} engine=${e}`);
         assert.equal(e, k, `seed ${seed} op ${i}: ${JSON.stringify(o)}\n${log.join("\n")}\n${existing.join(" ")}\n${(await snapshot(u, "/")).join("\n")}`);
+        if (process.env.STRATA_ORACLE_LAYERS_EACH_OP) {
+          assert.deepEqual(await layerLines(join(base, 'top'), 'aufs'), await layerLines(join(base, 'upper'), 'overlay'), `seed ${seed} op ${i}: layers differ after ${JSON.stringify(o)}\nbefore:\n${before.join('\n')}`);
+        }
         assert.deepEqual(await snapshot(u, '/'), await snapshot(fsp, mnt, skipHousekeeping), `seed ${seed} op ${i}: merged trees differ after ${JSON.stringify(o)}\n${log.join('\n')}\nbefore:\n${before.join('\n')}`);
       }
       await run('umount', [mnt]);
       mounted = false;
       assert.deepEqual(await layerLines(join(base, 'top'), 'aufs'), await layerLines(join(base, 'upper'), 'overlay'), `seed ${seed}: writable layers differ\n${log.join('\n')}`);
     } finally {
+      // STRATA_ORACLE_KEEP=1 leaves a failing case on disk (unmounted) for inspection
       if (mounted) await run('umount', ['-l', mnt]).catch(() => undefined);
-      await fsp.rm(base, { recursive: true, force: true });
+      if (process.env.STRATA_ORACLE_KEEP) console.error(`kept ${base}`);
+      else await fsp.rm(base, { recursive: true, force: true });
     }
   }
 });
