@@ -143,12 +143,17 @@ test('rename of directories copies the merged tree and marks the destination opa
   assert.equal(await u.readFile('old/ln', 'utf8'), 'L');
   assert.equal(await exists(join(top, 'old/.wh..wh..opq')), true, 'old was whited out below');
   assert.equal(await exists(join(top, '.wh.src')), true);
-  // a top-only directory is simply renamed
+  // a top-only directory is simply renamed; into a parent that merges lower branches it becomes
+  // opaque (as OverlayFS does), into a top-only parent it does not
   await u.mkdir('fresh');
   await u.writeFile('fresh/f', 'x');
-  await u.rename('fresh', 'moved');
-  assert.equal(await exists(join(top, 'moved/.wh..wh..opq')), false);
+  await u.mkdir('newparent');
+  await u.rename('fresh', 'newparent/inner');
+  assert.equal(await exists(join(top, 'newparent/inner/.wh..wh..opq')), false);
+  await u.rename('newparent/inner', 'moved');
+  assert.equal(await exists(join(top, 'moved/.wh..wh..opq')), true);
   assert.equal(await exists(join(top, '.wh.fresh')), false);
+  assert.deepEqual(await u.readdir('moved'), ['f']);
   await assert.rejects(u.rename('old', 'old/sub/x'), { code: 'EINVAL' });
   await assert.rejects(u.rename('moved', 'old'), { code: 'ENOTEMPTY' });
 });
