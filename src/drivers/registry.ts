@@ -20,6 +20,10 @@ const drivers: Record<string, DriverEntry> = {
     open: async (opts) => (await import('./overlay2/overlay2-driver.js')).createOverlay2Driver(opts),
     probe: async (root) => (await import('./overlay2/overlay-support.js')).probeOverlay2(root),
   },
+  aufs: {
+    open: async (opts) => (await import('./aufs/aufs-driver.js')).createAufsDriver(opts),
+    probe: async (root) => (await import('./aufs/aufs-driver.js')).probeAufs(root),
+  },
   devicemapper: {
     open: async (opts) => (await import('./devicemapper/devicemapper-driver.js')).createDevicemapperDriver(opts),
     probe: async () => (await import('./devicemapper/devicemapper-driver.js')).probeDevicemapper(),
