@@ -22,8 +22,10 @@ export class TransactionManager {
   private readonly dirty = new Map<number, { buf: Buffer; kind: BlockKind }>();
   /** Blocks allocated in this transaction (safe to write in place while their count is 1). */
   private readonly shadows = new Set<number>();
+  /** I/O counters (blocks read from the device, write calls, blocks written). */
   reads = 0;
   writes = 0;
+  blocksWritten = 0;
 
   constructor(readonly dev: BlockDevice, private readonly cacheBlocks = 8192) {}
 
@@ -115,6 +117,7 @@ export class TransactionManager {
       }
       await this.dev.write(run, blocks[i]! * BLOCK_SIZE);
       this.writes++;
+      this.blocksWritten += j - i;
       i = j;
     }
     await this.dev.flush();
@@ -124,6 +127,7 @@ export class TransactionManager {
   async writeSuperblock(sb: Buffer): Promise<void> {
     await this.dev.write(sb, 0);
     this.writes++;
+    this.blocksWritten++;
     await this.dev.flush();
   }
 
