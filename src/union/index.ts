@@ -6,3 +6,4 @@ export {
   type EntryType, type DirListing, type Probe, type LookupResult,
 } from './whiteout.js';
 export { errnoError, type UnionErrnoCode } from './errno.js';
+export { formatMode, formatLong, listPath, catPath, type ListEntry } from './image-view.js';
