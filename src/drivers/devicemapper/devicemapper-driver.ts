@@ -216,12 +216,22 @@ export class DevicemapperDriver implements Driver {
       await this.refs.forget(id);
     }
     await this.sweepStale();
-    if (this.clientPromise) {
-      const client = await this.clientPromise.catch(() => null);
-      await client?.request({ op: 'shutdown', force: true }).catch(() => undefined);
-      client?.close();
-      this.clientPromise = null;
+    const own = this.clientPromise ? await this.clientPromise.catch(() => null) : null;
+    const client = own ?? (await PoolClient.connectExisting(this.service));
+    if (client) {
+      const pid = (await client.request({ op: 'hello' }).catch(() => ({ pid: undefined }))).pid;
+      await client.request({ op: 'shutdown', force: true }).catch(() => undefined);
+      client.close();
+      // wait for the pool to be closed (committed, unlocked) before the caller looks at its files
+      for (let i = 0; pid !== undefined && i < 500 && processAlive(pid); i++) await new Promise((r) => setTimeout(r, 20));
     }
+    this.clientPromise = null;
+  }
+
+  /** Drop this process's connection to the pool service (which keeps running). */
+  disconnect(): void {
+    void this.clientPromise?.then((c) => c.close(), () => undefined);
+    this.clientPromise = null;
   }
 
   /** Mounts and attachments whose service is gone (a crash): undo them, forget their counts. */
@@ -254,6 +264,15 @@ export class DevicemapperDriver implements Driver {
 
   diffSize(id: string, parent: string | null): Promise<number> {
     return naiveDiffSize(this, id, parent);
+  }
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
   }
 }
 

@@ -67,6 +67,20 @@ export class PoolClient {
     }
   }
 
+  /** Connect only if a service is running (no spawn); null otherwise. */
+  static async connectExisting(config: ServiceConfig): Promise<PoolClient | null> {
+    const socket = await tryConnect(controlSocketPath(config.runDir));
+    if (!socket) return null;
+    const client: PoolClient = new PoolClient(socket, false);
+    try {
+      await client.request({ op: 'hello' });
+      return client;
+    } catch {
+      client.close();
+      return null;
+    }
+  }
+
   request(req: ServiceRequest): Promise<ServiceResponse & { ok: true }> {
     if (this.closed) return Promise.reject(strataError('INTERNAL', 'devicemapper: the pool service went away'));
     return new Promise<ServiceResponse>((resolve, reject) => {
