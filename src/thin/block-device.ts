@@ -107,6 +107,7 @@ export class MemoryBlockDevice implements BlockDevice {
     return this.bytes;
   }
 
+  /** Grow or shrink (a data device the pool can then `resize()` onto). */
   resize(bytes: number): void {
     this.bytes = bytes;
   }

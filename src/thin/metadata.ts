@@ -363,11 +363,6 @@ export class ThinMetadata {
     return b;
   }
 
-  /** Release a data block allocated but never mapped. */
-  releaseDataBlock(b: number): void {
-    this.dataSm.dec(b);
-  }
-
   async resizeData(nrBlocks: number): Promise<void> {
     if (nrBlocks > MAX_DATA_BLOCKS) throw strataError('OUT_OF_RANGE', `${nrBlocks} data blocks exceed the 40-bit limit`);
     if (nrBlocks === this.dataSm.nrBlocks) return;

@@ -127,8 +127,7 @@ export class Pool {
     return this.failedMode ?? (this.outOfSpace ? 'out_of_data_space' : 'rw');
   }
 
-  /** Run `fn` holding the pool's mutex. On an unexpected metadata failure the open transaction is
-   * dropped and the pool turns read-only (as the kernel's metadata_operation_failed). */
+  /** Run `fn` holding the pool's mutex (every metadata access and data I/O goes through it). */
   locked<T>(fn: () => Promise<T>): Promise<T> {
     return this.mutex.run(async () => {
       if (this.closed) throw strataError('INVALID_ARGUMENT', 'the pool is closed');
@@ -140,7 +139,11 @@ export class Pool {
     if (this.mode === 'ro') throw strataError('POOL_READ_ONLY', this.failedMode ? 'the pool is read-only after a metadata failure' : 'the pool is read-only');
   }
 
-  /** Wrap a metadata-changing step: expected refusals pass through, anything else aborts. */
+  /**
+   * Wrap a metadata-changing step. Refusals raised before anything changed pass through; any
+   * other failure drops the open transaction and turns the pool read-only, as the kernel's
+   * metadata_operation_failed does.
+   */
   async mutate<T>(fn: () => Promise<T>): Promise<T> {
     this.assertWritable();
     try {

@@ -148,11 +148,4 @@ export class SpaceMap {
     // 0 <-> non-zero transition, so a partial last bitmap still counts its missing tail as free.
     return { values, count, nrFree: ENTRIES_PER_BITMAP - used, firstFree: firstFree < 0 ? count : firstFree };
   }
-
-  /** Every block with a non-zero count (for checkers and tests). */
-  *allocated(): Generator<[number, number]> {
-    for (let b = 0; b < this.nrBlocks; b++) {
-      if (this.counts[b] !== 0) yield [b, this.get(b)];
-    }
-  }
 }

@@ -13,6 +13,7 @@ import { parseSize } from '../../util/units.js';
 import { strataError } from '../../errors.js';
 
 const CHUNK = 1 << 20;
+const WINDOW = 1 << 30;
 
 async function* chunksOf(path: string): AsyncGenerator<Buffer> {
   const stream = path === '-' ? process.stdin : createReadStream(path, { highWaterMark: CHUNK });
@@ -91,12 +92,15 @@ export function registerThinCommands(program: Command): void {
         const outFile = await open(opts.output, 'w');
         try {
           await outFile.truncate(length);
-          for (const ext of await dev.mapped(offset, length)) {
-            if (!ext.mapped) continue;
-            for (let pos = ext.offset; pos < ext.offset + ext.length; pos += CHUNK) {
-              const buf = Buffer.alloc(Math.min(CHUNK, ext.offset + ext.length - pos));
-              await dev.read(buf, pos);
-              await outFile.write(buf, 0, buf.length, pos - offset);
+          // only mapped ranges are read; windows keep the extent lists short on huge devices
+          for (let win = offset; win < offset + length; win += WINDOW) {
+            for (const ext of await dev.mapped(win, Math.min(WINDOW, offset + length - win))) {
+              if (!ext.mapped) continue;
+              for (let pos = ext.offset; pos < ext.offset + ext.length; pos += CHUNK) {
+                const buf = Buffer.alloc(Math.min(CHUNK, ext.offset + ext.length - pos));
+                await dev.read(buf, pos);
+                await outFile.write(buf, 0, buf.length, pos - offset);
+              }
             }
           }
         } finally {
