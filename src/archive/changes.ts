@@ -19,14 +19,20 @@ export function sortChanges(changes: Change[]): Change[] {
   return changes.sort((a, b) => compareBytewise(a.path, b.path));
 }
 
-/** Go's sameFsTimeSpec: equal seconds, and equal nanoseconds unless either side has none. */
-function sameTime(a: bigint, b: bigint): boolean {
+/**
+ * Go's sameFsTimeSpec: equal seconds, and equal nanoseconds unless either side has none. Node
+ * can only set times as a double (about 0.25 µs of precision today), so nanoseconds within a
+ * microsecond count as equal: a tree applied by us compares equal to its source.
+ */
+export function sameTime(a: bigint, b: bigint): boolean {
   const as = a / 1_000_000_000n;
   const bs = b / 1_000_000_000n;
   if (as !== bs) return false;
   const an = a % 1_000_000_000n;
   const bn = b % 1_000_000_000n;
-  return an === bn || an === 0n || bn === 0n;
+  if (an === bn || an === 0n || bn === 0n) return true;
+  const d = an > bn ? an - bn : bn - an;
+  return d < 1000n;
 }
 
 function isDir(st: BigIntStats): boolean {
@@ -65,7 +71,6 @@ function entryChanged(oldAbs: string, oldSt: BigIntStats, newAbs: string, newSt:
  */
 export async function changes(layerDir: string, parentDir: string | null): Promise<Change[]> {
   const out: Change[] = [];
-  // returns whether anything under `rel` changed
   const visit = (rel: string, newAbs: string, oldAbs: string | null): void => {
     const newNames = readdirSorted(newAbs);
     const oldNames = oldAbs === null ? [] : readdirSorted(oldAbs);
