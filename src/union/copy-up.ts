@@ -149,19 +149,23 @@ export class CopyUp {
 
   /**
    * Build a full copy of the merged subtree at `node` in the staging area and return its path
-   * (for directory rename). Hard links inside the subtree are copied as separate files.
+   * (for directory rename). Names of one inode inside the subtree stay hard links of one copy.
    */
   async materialize(node: UnionNode): Promise<string> {
     const stage = await this.stagingPath();
-    await this.copyTree(node, stage);
+    await this.copyTree(node, stage, new Map());
     return stage;
   }
 
-  private async copyTree(node: UnionNode, dst: string): Promise<void> {
+  private async copyTree(node: UnionNode, dst: string, copied: Map<string, string>): Promise<void> {
     const src = node.type === 'dir' ? this.branches.real(node.branches[0] as number, node.rel) : await this.readPath(node);
     const st = await lstat(src);
     if (node.type !== 'dir') {
-      await copyObject(src, st, dst, true);
+      const key = `${st.dev}:${st.ino}`;
+      const first = st.nlink > 1 ? copied.get(key) : undefined;
+      if (first !== undefined) await link(first, dst);
+      else await copyObject(src, st, dst, true);
+      if (st.nlink > 1 && first === undefined) copied.set(key, dst);
       return;
     }
     await mkdir(dst);
@@ -172,7 +176,7 @@ export class CopyUp {
     }
     for (const name of mergeListings(listings).keys()) {
       const child = await this.resolver.child(node, name);
-      if (child !== null) await this.copyTree(child, join(dst, name));
+      if (child !== null) await this.copyTree(child, join(dst, name), copied);
     }
     await copyMetadata(src, st, dst);
   }

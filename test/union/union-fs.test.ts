@@ -212,3 +212,30 @@ test('createReadStream and truncate', async (t) => {
   assert.equal((await u.stat('big')).size, 5);
   assert.equal((await fsp.stat(join(lowers[0]!, 'big'))).size, 100_000);
 });
+
+test('directory rename keeps hard links inside the moved tree together', async (t) => {
+  const { u, top } = await stack(t, [[dir('d'), file('d/a', 'same'), hardlink('d/b', 'd/a'), file('d/c', 'other')]]);
+  await u.rename('d', 'e');
+  assert.deepEqual(await u.readdir('e'), ['a', 'b', 'c']);
+  assert.equal((await fsp.stat(join(top, 'e/a'))).ino, (await fsp.stat(join(top, 'e/b'))).ino);
+  assert.notEqual((await fsp.stat(join(top, 'e/a'))).ino, (await fsp.stat(join(top, 'e/c'))).ino);
+  assert.equal(await u.readFile('e/b', 'utf8'), 'same');
+});
+
+test('copy-up of fifos and device nodes (root)', async (t) => {
+  if (process.getuid?.() !== 0) return t.skip('mknod of devices needs root');
+  const { u, top, lowers } = await stack(t, [[file('x')]]);
+  const { execFile } = await import('node:child_process');
+  const { promisify } = await import('node:util');
+  await promisify(execFile)('mknod', [join(lowers[0]!, 'null'), 'c', '1', '3']);
+  await promisify(execFile)('mknod', [join(lowers[0]!, 'pipe'), 'p']);
+  u.invalidate(); // lower branches changed behind the union's back
+  await u.chmod('null', 0o600);
+  await u.chown('pipe', 7, 7);
+  const st = await fsp.lstat(join(top, 'null'));
+  assert.ok(st.isCharacterDevice());
+  assert.equal(st.rdev, (await fsp.stat('/dev/null')).rdev);
+  assert.equal(st.mode & 0o777, 0o600);
+  assert.ok((await fsp.lstat(join(top, 'pipe'))).isFIFO());
+  assert.equal((await u.lstat('pipe')).uid, 7);
+});
