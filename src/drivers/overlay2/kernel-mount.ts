@@ -1,14 +1,56 @@
 import { execFile } from 'node:child_process';
 import { stat } from 'node:fs/promises';
 import { dirname } from 'node:path';
+import { createRequire } from 'node:module';
+import { constants } from 'node:os';
 import { strataError } from '../../errors.js';
 import type { MountSpec } from './mount-options.js';
 
 /**
- * The only places overlay2 talks to the kernel's mount table. Node has no mount(2), so these run
- * util-linux mount/umount (a few milliseconds each); relative option paths resolve against the
- * child's working directory, which is how long lower chains fit in a page.
+ * The only places overlay2 talks to the kernel's mount table. Node has no mount(2): it is called
+ * through libc with koffi (an FFI whose prebuilt binary ships in its npm package), because
+ * forking util-linux mount from a large Node process costs tens of milliseconds per mount, most
+ * of a container create. Options with paths relative to the driver home (deep chains) need the
+ * mount to run in that directory, which a process-wide chdir would make racy: those, and hosts
+ * where koffi cannot load, run mount(8) in the home as a child process instead.
  */
+
+interface Syscalls {
+  mount(source: string, target: string, fstype: string, flags: number, data: string): number;
+  umount2(target: string, flags: number): number;
+  errno(): number;
+}
+
+let syscalls: Syscalls | null | undefined;
+
+function libc(): Syscalls | null {
+  if (syscalls !== undefined) return syscalls;
+  try {
+    const require = createRequire(import.meta.url);
+    const koffi = require('koffi') as {
+      load(name: string): { func(decl: string): (...args: unknown[]) => number };
+      errno(): number;
+    };
+    const lib = koffi.load('libc.so.6');
+    const mount = lib.func('int mount(const char *source, const char *target, const char *fstype, unsigned long flags, const char *data)');
+    const umount2 = lib.func('int umount2(const char *target, int flags)');
+    syscalls = {
+      mount: (source, target, fstype, flags, data) => mount(source, target, fstype, flags, data),
+      umount2: (target, flags) => umount2(target, flags),
+      errno: () => koffi.errno(),
+    };
+  } catch {
+    syscalls = null;
+  }
+  return syscalls;
+}
+
+const MNT_DETACH = 2;
+
+function errnoName(code: number): string {
+  const entry = Object.entries(constants.errno).find(([, v]) => v === code);
+  return entry ? entry[0] : `errno ${code}`;
+}
 
 function run(cmd: string, args: string[], cwd?: string): Promise<void> {
   return new Promise((resolve, reject) => {
@@ -20,6 +62,14 @@ function run(cmd: string, args: string[], cwd?: string): Promise<void> {
 }
 
 export async function mountOverlay(spec: MountSpec, id: string): Promise<void> {
+  const sys = spec.cwd === null ? libc() : null;
+  if (sys) {
+    if (sys.mount('overlay', spec.target, 'overlay', 0, spec.options) !== 0) {
+      const code = errnoName(sys.errno());
+      throw strataError('MOUNT_FAILED', `mounting overlay for layer ${id} failed: ${code} (options ${spec.options})`, { id, errno: code });
+    }
+    return;
+  }
   try {
     // -n: never write /etc/mtab; --no-canonicalize would reject the relative target, so it stays off.
     await run('mount', ['-n', '-t', 'overlay', 'overlay', '-o', spec.options, spec.target], spec.cwd ?? undefined);
@@ -31,6 +81,14 @@ export async function mountOverlay(spec: MountSpec, id: string): Promise<void> {
 
 /** Unmount `target`; lazily when busy (moby uses MNT_DETACH), since a put must not fail. */
 export async function unmount(target: string): Promise<void> {
+  const sys = libc();
+  if (sys) {
+    // Detached at once, as moby's Put: gone from the mount table now, released when unused.
+    if (sys.umount2(target, MNT_DETACH) === 0) return;
+    const code = errnoName(sys.errno());
+    if (code === 'EINVAL' || code === 'ENOENT') return; // not mounted (any more)
+    throw strataError('MOUNT_FAILED', `unmounting ${target} failed: ${code}`, { path: target, errno: code });
+  }
   try {
     await run('umount', ['-n', target]);
   } catch (err) {

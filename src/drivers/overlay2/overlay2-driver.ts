@@ -29,7 +29,6 @@ import { strataError, isErrno } from '../../errors.js';
 import { MountRefs } from '../mount-refs.js';
 import { checkLayerId } from '../layer-id.js';
 import { withFileLock } from '../../util/file-lock.js';
-import { fsyncDir } from '../../util/atomic.js';
 import { generateLinkId } from './link-id.js';
 import { LINK_DIR, buildMountSpec, childLower, splitLower } from './mount-options.js';
 import { isMountPoint, mountOverlay, unmount } from './kernel-mount.js';
@@ -125,7 +124,8 @@ export class Overlay2Driver implements Driver {
         await writeFile(join(this.dir(parent), 'committed'), '', { mode: 0o600 });
         await writeFile(join(dir, 'lower'), lower, { mode: 0o644 });
       }
-      await fsyncDir(dir);
+      // No fsync, as moby: the layer store's intent marker and its own synced record decide
+      // after a crash whether this layer is kept or removed.
     } catch (err) {
       await this.removeFiles(id).catch(() => undefined);
       throw err;
