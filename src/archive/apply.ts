@@ -331,8 +331,19 @@ class Applier {
     }
   }
 
+  /**
+   * Directory times last, so creating their contents does not change them. lutimes: a later
+   * entry may have replaced the directory (through another path aliasing it) with a symlink,
+   * which must not be followed.
+   */
   finish(): void {
-    for (const [path, atime, mtime] of this.dirTimes) utimesSync(path, atime, mtime);
+    for (const [path, atime, mtime] of this.dirTimes) {
+      try {
+        lutimesSync(path, atime, mtime);
+      } catch (err) {
+        if (!isErrno(err, 'ENOENT', 'ENOTDIR')) throw err;
+      }
+    }
   }
 }
 

@@ -118,6 +118,10 @@ export const hostileCases: HostileCase[] = [
     setup: (env) => { symlinkSync('/', `${env.target}/rootlink`); mkdirSync(`${env.target}/etc`); },
     build: () => entries([file('rootlink/etc/pwned')]), landsAt: 'etc/pwned',
   },
+  {
+    name: 'directory aliased through a symlink to ., replaced by a symlink outside before its mtime is set', expect: 'contained',
+    build: (env) => entries([{ header: { name: 'd/', typeflag: TYPE.dir, mode: 0o40755, mtime: 1000 } }, symlink('x', '.'), symlink('x/d', env.sentinel)]),
+  },
   // ---- hardlink escapes -------------------------------------------------------------------
   { name: 'hardlink to /etc/passwd', expect: 'INVALID_ARCHIVE', build: () => entries([hardlink('passwd', '/etc/passwd')]) },
   { name: 'hardlink to ../sentinel/secret', expect: 'PATH_ESCAPE', build: () => entries([hardlink('stolen', '../sentinel/secret')]) },
