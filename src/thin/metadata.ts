@@ -217,9 +217,21 @@ export class ThinMetadata {
     this.touch();
   }
 
-  setNeedsCheck(): void {
+  /**
+   * After a failed transaction (and abort): record `needs_check` in the superblock. Only the
+   * superblock is rewritten; its roots are the last commit's, so no other block is touched.
+   */
+  async persistNeedsCheck(): Promise<void> {
+    if (this.changed) throw strataError('INTERNAL', 'needs_check can only be recorded on an aborted transaction');
     this.sb.flags |= NEEDS_CHECK_FLAG;
+    await this.tm.writeSuperblock(packSuperblock(this.sb));
+  }
+
+  /** `thin_check --clear-needs-check-flag`, once the metadata checks clean. */
+  async clearNeedsCheck(): Promise<void> {
+    this.sb.flags &= ~NEEDS_CHECK_FLAG;
     this.touch();
+    await this.commit();
   }
 
   private checkDevId(id: number): void {

@@ -78,6 +78,8 @@ export class Pool {
     private readonly lock: FileLock | null,
   ) {
     this.features = normaliseFeatures(opts.features);
+    // metadata that failed a transaction stays read-only until checked (thin_check --clear-needs-check-flag)
+    if (md.needsCheck) this.failedMode = 'ro';
     this.blockSectors = opts.dataBlockSectors;
     this.blockBytes = opts.dataBlockSectors * SECTOR_SIZE;
     if (opts.commitIntervalMs && !this.features.readOnly) {
@@ -112,7 +114,7 @@ export class Pool {
         throw strataError('INVALID_TABLE', `data device holds ${dataSize} bytes, less than ${nrDataBlocks} blocks of ${blockBytes}`);
       }
       const md = await ThinMetadata.open(meta, { dataBlockSize: s, nrDataBlocks, readOnly: features.readOnly, cacheBlocks: opts.cacheBlocks });
-      if (md.changed) await md.commit(); // a grown data space map
+      if (md.changed && !md.needsCheck) await md.commit(); // a grown data space map
       return new Pool(md, meta, data, opts, lock);
     } catch (err) {
       if (!opts.metadataDevice) await meta?.close().catch(() => undefined);
@@ -136,7 +138,9 @@ export class Pool {
   }
 
   assertWritable(): void {
-    if (this.mode === 'ro') throw strataError('POOL_READ_ONLY', this.failedMode ? 'the pool is read-only after a metadata failure' : 'the pool is read-only');
+    if (this.mode === 'ro') {
+      throw strataError('POOL_READ_ONLY', this.failedMode ? 'the pool is read-only: its metadata needs checking (needs_check)' : 'the pool is read-only');
+    }
   }
 
   /**
@@ -154,8 +158,8 @@ export class Pool {
       const refusal = isStrataError(err) && err.category !== 'Internal' && err.category !== 'DataLoss' &&
         (err.code !== 'METADATA_NO_SPACE' || err.context.reserve === true);
       if (refusal) throw err;
-      await this.md.abort().catch(() => undefined);
       this.failedMode = 'ro';
+      await this.md.abort().then(() => this.md.persistNeedsCheck()).catch(() => undefined);
       throw err;
     }
   }

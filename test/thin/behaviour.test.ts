@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { memPool, filePool, tempDir, pattern, checkDevice, sparseFile } from './helpers.js';
 import { Pool } from '../../src/thin/pool.js';
+import { ThinMetadata } from '../../src/thin/metadata.js';
 import { isStrataError } from '../../src/errors.js';
 import { parseTable, formatTable } from '../../src/thin/table.js';
 import { parsePoolStatus } from '../../src/thin/status.js';
@@ -184,4 +185,35 @@ test('tables and status lines parse and format like dm', () => {
   assert.equal(s.usedDataBlocks, 51);
   assert.equal(s.heldRoot, null);
   assert.equal(parsePoolStatus('3 1/2 3/4 17 ro ignore_discard error_if_no_space').heldRoot, 17);
+});
+
+test('a failed metadata commit aborts, records needs_check, and keeps the pool read-only until cleared', async () => {
+  const { pool, meta, data } = await memPool();
+  await pool.createThin(1);
+  const dev = await pool.openThin(1, 1 << 20);
+  await dev.write(Buffer.alloc(BS, 1), 0);
+  await dev.flush();
+  await dev.write(Buffer.alloc(BS, 2), 2 * BS);
+  for (let page = 1; page < 1024; page++) meta.failWrites.add(page);
+  await assert.rejects(dev.flush(), (e: unknown) => (e as NodeJS.ErrnoException).code === 'EIO');
+  meta.failWrites.clear();
+  const st = await pool.status();
+  assert.equal(st.mode, 'ro');
+  assert.equal(st.needsCheck, true);
+  await assert.rejects(dev.write(Buffer.alloc(1), 0), code('POOL_READ_ONLY'));
+  await assert.rejects(pool.createThin(2), code('POOL_READ_ONLY'));
+  const got = Buffer.alloc(BS);
+  await dev.read(got, 0);
+  assert.ok(got.every((b) => b === 1), 'committed data is still readable');
+  await pool.close();
+  // metadata is the last commit, flagged; a reopen stays read-only
+  assert.deepEqual((await checkDevice(meta)).issues, []);
+  const again = await Pool.open({ metadataDevice: meta, dataDevice: data, dataBlockSectors: 128 });
+  assert.match((await again.status()).toString(), / ro discard_passdown queue_if_no_space needs_check /);
+  await again.close();
+  await (await ThinMetadata.open(meta, {})).clearNeedsCheck();
+  const cleared = await Pool.open({ metadataDevice: meta, dataDevice: data, dataBlockSectors: 128 });
+  assert.equal((await cleared.status()).mode, 'rw');
+  await cleared.createThin(2);
+  await cleared.close();
 });

@@ -127,7 +127,8 @@ export function registerThinCommands(program: Command): void {
     .description('check pool metadata: every tree, every reference count (like thin_check)')
     .argument('<metafile>')
     .option('-q, --quiet', 'print nothing; the exit status tells')
-    .action(async (metafile: string, opts: { quiet?: boolean }) => {
+    .option('--clear-needs-check-flag', 'if the metadata is clean, clear its needs_check flag')
+    .action(async (metafile: string, opts: { quiet?: boolean; clearNeedsCheckFlag?: boolean }) => {
       const report = await withMetadata(metafile, async (md) => ({ ...(await checkMetadata(md)), transactionId: md.transactionId }));
       if (!opts.quiet) {
         process.stdout.write(`TRANSACTION_ID=${report.transactionId}\nDEVICES=${report.devices}\nMAPPINGS=${report.mappings}\n` +
@@ -135,6 +136,17 @@ export function registerThinCommands(program: Command): void {
         for (const i of report.issues) process.stdout.write(`${i.fatal ? 'error' : 'warning'}: ${i.kind}: ${i.message}\n`);
       }
       if (!report.ok) throw strataError('METADATA_CORRUPT', `${metafile}: ${report.issues.filter((i) => i.fatal).length} metadata error(s)`, { path: metafile });
+      if (opts.clearNeedsCheckFlag) {
+        const dev = await FileBlockDevice.open(metafile);
+        const lock = await lockFile(metafile);
+        try {
+          const md = await ThinMetadata.open(dev, {});
+          if (md.needsCheck) await md.clearNeedsCheck();
+        } finally {
+          await dev.close();
+          await lock.release();
+        }
+      }
     });
 
   thin.command('restore')
