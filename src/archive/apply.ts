@@ -289,7 +289,7 @@ class Applier {
       this.setMeta(path, stashed.header);
       return;
     }
-    const targetParent = this.resolver.resolveDir(dirOf(linkRel), h.name);
+    const targetParent = this.resolver.resolveDir(dirOf(linkRel), h.name, false);
     const target = targetParent === null ? null : `${targetParent}/${baseOf(linkRel)}`;
     const st = target === null ? undefined : lstatSync(target, { throwIfNoEntry: false });
     if (target !== null && st) {

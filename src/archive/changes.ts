@@ -15,7 +15,7 @@ import { WHITEOUT_META_PREFIX, WHITEOUT_OPAQUE, WHITEOUT_PREFIX } from './whiteo
 
 export type { Change, ChangeKind };
 
-export function sortChanges(changes: Change[]): Change[] {
+export function sortChanges<T extends Change>(changes: T[]): T[] {
   return changes.sort((a, b) => compareBytewise(a.path, b.path));
 }
 
@@ -70,7 +70,12 @@ function entryChanged(oldAbs: string, oldSt: BigIntStats, newAbs: string, newSt:
  * changed is listed as C even when its own metadata did not, as docker diff does.
  */
 export async function changes(layerDir: string, parentDir: string | null): Promise<Change[]> {
-  const out: Change[] = [];
+  return (await changesWithStats(layerDir, parentDir)).map(({ path, kind }) => ({ path, kind }));
+}
+
+/** changes(), keeping the lstat of each added or changed entry (diffTar reuses them). */
+export async function changesWithStats(layerDir: string, parentDir: string | null): Promise<Array<Change & { st?: BigIntStats }>> {
+  const out: Array<Change & { st?: BigIntStats }> = [];
   const visit = (rel: string, newAbs: string, oldAbs: string | null): void => {
     const newNames = readdirSorted(newAbs);
     const oldNames = oldAbs === null ? [] : readdirSorted(oldAbs);
@@ -86,15 +91,15 @@ export async function changes(layerDir: string, parentDir: string | null): Promi
       const before = out.length;
       let listed = false;
       if (!oSt) {
-        out.push({ path, kind: 'A' });
+        out.push({ path, kind: 'A', st: nSt });
         listed = true;
       } else if (entryChanged(oAbs!, oSt, nAbs, nSt)) {
-        out.push({ path, kind: 'C' });
+        out.push({ path, kind: 'C', st: nSt });
         listed = true;
       }
       if (nSt.isDirectory()) {
         visit(path, nAbs, oSt?.isDirectory() ? oAbs : null);
-        if (!listed && out.length > before) out.splice(before, 0, { path, kind: 'C' });
+        if (!listed && out.length > before) out.splice(before, 0, { path, kind: 'C', st: nSt });
       }
     }
     for (const name of oldNames) {

@@ -11,7 +11,7 @@
 import { closeSync, openSync, readSync, readlinkSync, type BigIntStats } from 'node:fs';
 import type { Readable } from 'node:stream';
 import { strataError } from '../errors.js';
-import { changes, isAufsMeta, type UnionFormat } from './changes.js';
+import { changesWithStats, isAufsMeta, type UnionFormat } from './changes.js';
 import { getXattrSync, listXattrsSync } from './native.js';
 import { TYPE, type HeaderInput } from './tar/header.js';
 import { TarWriter } from './tar/writer.js';
@@ -118,7 +118,7 @@ function produce(run: (w: TarWriter) => Promise<void>): Readable {
  */
 export function diffTar(layerDir: string, parentDir: string | null): Readable {
   return produce(async (w) => {
-    const list = await changes(layerDir, parentDir);
+    const list = await changesWithStats(layerDir, parentDir);
     const seen: SeenInodes = new Map();
     for (const change of list) {
       const rel = change.path.slice(1);
@@ -127,7 +127,7 @@ export function diffTar(layerDir: string, parentDir: string | null): Readable {
         continue;
       }
       const abs = `${layerDir}/${rel}`;
-      const st = lstatBig(abs);
+      const st = change.st ?? lstatBig(abs);
       if (!st) continue; // vanished: moby logs and goes on
       const h = headerFor(rel, abs, st, seen);
       if (h) await addFile(w, h, abs);

@@ -93,8 +93,8 @@ export class RootResolver {
    * The real directory for logical directory `rel` ('' = root). Missing components are created
    * (mode 0755) when the resolver was made with `create`, else null is returned.
    */
-  resolveDir(rel: string, entry = rel): string | null {
-    return this.resolve(rel, entry, { hops: 0 }, this.opts.create);
+  resolveDir(rel: string, entry = rel, create = this.opts.create): string | null {
+    return this.resolve(rel, entry, { hops: 0 }, create);
   }
 
   private resolve(rel: string, entry: string, state: { hops: number }, create: boolean): string | null {
