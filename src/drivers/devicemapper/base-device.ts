@@ -11,7 +11,6 @@ import type { DeviceSet } from './device-set.js';
 import type { Activation } from './activation.js';
 import type { DmOptions } from './options.js';
 import { run } from './exec.js';
-import { loopsOf } from './block-attach.js';
 import { crashPoint } from './crash-points.js';
 
 export function mkfsArgs(options: DmOptions, dev: string): { cmd: string; args: string[] } {
@@ -59,19 +58,37 @@ export async function setupBaseDevice(set: DeviceSet, act: Activation, options: 
   }
 }
 
-/** dm.basesize raised: a bigger device, and the filesystem grown online to fill it. */
+/** dm.basesize raised: a bigger device, and the filesystem grown to fill it. */
 async function growBase(set: DeviceSet, act: Activation, options: DmOptions, base: DeviceInfo, scratchMount: string): Promise<DeviceInfo> {
   const grown = { ...base, size: options.baseSize };
-  await act.mount(BASE_HASH, grown, scratchMount);
-  try {
-    const [loop] = await loopsOf(act.fuseFile(BASE_HASH));
-    if (!loop) throw strataError('MOUNT_FAILED', 'devicemapper: the base device has no loop device');
-    if (options.fs === 'xfs') await run('xfs_growfs', [scratchMount]);
-    else await run('resize2fs', [loop]);
-  } finally {
-    await act.unmount(BASE_HASH, scratchMount);
-    await rm(scratchMount, { recursive: true, force: true }).catch(() => undefined);
-  }
+  await growFilesystem(act, BASE_HASH, grown, options, scratchMount);
   await set.store.putDevice(BASE_HASH, grown);
   return grown;
+}
+
+/**
+ * Grow the filesystem on device `hash` to `info.size`: ext4 offline (e2fsck -f, then resize2fs,
+ * which is what resize2fs asks for), xfs online with xfs_growfs, which only works mounted.
+ */
+export async function growFilesystem(act: Activation, hash: string, info: DeviceInfo, options: DmOptions, scratchMount: string): Promise<void> {
+  if (options.fs === 'xfs') {
+    await act.mount(hash, info, scratchMount);
+    try {
+      await run('xfs_growfs', [scratchMount]);
+    } finally {
+      await act.unmount(hash, scratchMount);
+      await rm(scratchMount, { recursive: true, force: true }).catch(() => undefined);
+    }
+    return;
+  }
+  const dev = await act.activate(hash, info);
+  try {
+    await run('e2fsck', ['-f', '-y', dev]).catch((err: unknown) => {
+      // exit 1: errors corrected, which is fine; anything else stops us
+      if ((err as { cause?: { code?: number } }).cause?.code !== 1) throw err;
+    });
+    await run('resize2fs', [dev]);
+  } finally {
+    await act.deactivate(hash);
+  }
 }

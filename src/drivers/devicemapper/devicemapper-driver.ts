@@ -36,7 +36,7 @@ import { DeviceSet, lockFileName } from './device-set.js';
 import { PoolClient } from './pool-client.js';
 import type { ServiceConfig } from './pool-service.js';
 import { Activation, isMountpoint } from './activation.js';
-import { setupBaseDevice } from './base-device.js';
+import { growFilesystem, setupBaseDevice } from './base-device.js';
 import { statusLines } from './status-figures.js';
 import { detachBlockDevice } from './block-attach.js';
 import { run } from './exec.js';
@@ -127,14 +127,7 @@ export class DevicemapperDriver implements Driver {
   }
 
   private async growFs(id: string, info: DeviceInfo): Promise<void> {
-    const mp = this.mountpoint(id);
-    await this.act.mount(id, info, mp);
-    try {
-      if (this.options.fs === 'xfs') await run('xfs_growfs', [mp]);
-      else await run('resize2fs', [(await this.act.activate(id, info))]);
-    } finally {
-      await this.act.unmount(id, mp);
-    }
+    await growFilesystem(this.act, id, info, this.options, this.mountpoint(id));
   }
 
   async remove(id: string): Promise<void> {

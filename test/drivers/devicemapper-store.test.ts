@@ -1,0 +1,247 @@
+// devicemapper under the Strata library and against its own options: the seeds' flow (base →
+// fedora → apache → container, each a thin snapshot of the one before, checked in the pool's
+// own metadata with thin_dump and thin_check), the default 100G/2G pool as sparse files,
+// dm.min_free_space, deferred removal and deletion, a raised dm.basesize, and xfs.
+import { describe, it, before } from 'node:test';
+import assert from 'node:assert/strict';
+import { open, readFile, rm, stat, writeFile, mkdir, readdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { randomBytes } from 'node:crypto';
+import { Strata } from '../../src/strata.js';
+import { DevicemapperDriver, probeDevicemapper } from '../../src/drivers/devicemapper/devicemapper-driver.js';
+import { isStrataError } from '../../src/errors.js';
+import { dir, file, layerTar, tempDir } from '../helpers/fstest.js';
+import { run } from '../../src/drivers/devicemapper/exec.js';
+
+const small = { 'dm.basesize': '64M', 'dm.loopdatasize': '2G', 'dm.loopmetadatasize': '64M' };
+const MB = 1024 ** 2;
+
+/** Data blocks of each thin device, from thin_dump's XML. */
+async function poolMappings(metadataFile: string): Promise<Map<number, Set<number>>> {
+  const xml = await run('thin_dump', [metadataFile]);
+  const out = new Map<number, Set<number>>();
+  let cur: Set<number> | null = null;
+  for (const line of xml.split('\n')) {
+    const dev = /<device dev_id="(\d+)"/.exec(line);
+    if (dev) out.set(Number(dev[1]), (cur = new Set()));
+    const single = /<single_mapping origin_block="\d+" data_block="(\d+)"/.exec(line);
+    if (single && cur) cur.add(Number(single[1]));
+    const range = /<range_mapping origin_begin="\d+" data_begin="(\d+)" length="(\d+)"/.exec(line);
+    if (range && cur) for (let i = 0; i < Number(range[2]); i++) cur.add(Number(range[1]) + i);
+  }
+  return out;
+}
+
+const shared = (a: Set<number>, b: Set<number>): number => [...a].filter((x) => b.has(x)).length;
+
+describe('devicemapper under the layer store, and its options', () => {
+  let reason: string | null = null;
+  before(async () => {
+    reason = await probeDevicemapper();
+  });
+
+  function test(title: string, fn: (root: string) => Promise<void>): void {
+    it(title, async (t) => {
+      if (reason) return t.skip(reason);
+      const root = await tempDir('strata-dm-store-');
+      try {
+        await fn(root);
+      } finally {
+        // whatever the case left open: unmount, stop the service, then remove the root
+        const d = await DevicemapperDriver.open({ root, options: small }).catch(() => null);
+        await d?.cleanup().catch(() => undefined);
+        await rm(root, { recursive: true, force: true });
+      }
+    });
+  }
+
+  test('seeds flow: base → fedora → apache → container, each a snapshot; thin_check clean', async (root) => {
+    const strata = await Strata.open({ root, driver: 'devicemapper', storageOpts: small });
+    const driver = strata.driver as DevicemapperDriver;
+    await strata.importImage(Readable.from(await layerTar([
+      dir('etc'), file('etc/os-release', 'ID=base\n'), dir('usr/lib'), file('usr/lib/libc.so', randomBytes(2 * MB)),
+    ])), { ref: 'base:1' });
+
+    const build = async (from: string, to: string, change: (p: string) => Promise<void>): Promise<void> => {
+      const ctr = await strata.createContainer(from);
+      const p = await strata.mount(ctr);
+      try {
+        await change(p);
+      } finally {
+        await strata.unmount(ctr);
+      }
+      await strata.commit(ctr, { ref: to });
+      await strata.removeContainer(ctr);
+    };
+    await build('base:1', 'fedora:1', async (p) => {
+      await writeFile(join(p, 'etc/os-release'), 'ID=fedora\n');
+      await mkdir(join(p, 'usr/bin'), { recursive: true });
+      await writeFile(join(p, 'usr/bin/dnf'), randomBytes(MB));
+    });
+    await build('fedora:1', 'apache:1', async (p) => {
+      await mkdir(join(p, 'var/www'), { recursive: true });
+      await writeFile(join(p, 'var/www/index.html'), '<h1>it works</h1>\n');
+      await writeFile(join(p, 'usr/bin/httpd'), randomBytes(MB));
+    });
+    const web = await strata.createContainer('apache:1', { name: 'web' });
+    const p = await strata.mount('web');
+    try {
+      assert.equal(await readFile(join(p, 'etc/os-release'), 'utf8'), 'ID=fedora\n');
+      assert.equal(await readFile(join(p, 'var/www/index.html'), 'utf8'), '<h1>it works</h1>\n');
+      assert.equal((await stat(join(p, 'usr/lib/libc.so'))).size, 2 * MB);
+      assert.match(p, /devicemapper\/mnt\/[0-9a-f]{64}\/rootfs$/, 'get returns mnt/<id>/rootfs as Docker');
+      await writeFile(join(p, 'var/www/index.html'), 'changed\n');
+    } finally {
+      await strata.unmount('web');
+    }
+    assert.deepEqual((await strata.diff('web')).map((c) => `${c.kind} ${c.path}`), ['C /var', 'C /var/www', 'C /var/www/index.html']);
+
+    // each image layer and the container are devices; each device shares its parent's blocks
+    const apache = await strata.imageLayers(await strata.images.resolve('apache:1'));
+    const cacheIds = await Promise.all(apache.map(async (l) => (await strata.layers.get(l.chainId)).cacheId));
+    const mountId = (await readFile(join(root, 'image/devicemapper/layerdb/mounts', web, 'mount-id'), 'utf8')).trim();
+    const ids = [...cacheIds, `${mountId}-init`, mountId];
+    const devIds: number[] = [];
+    for (const id of ids) {
+      const md = await driver.metadata(id);
+      assert.deepEqual(Object.keys(md).sort(), ['DeviceId', 'DeviceName', 'DeviceSize']);
+      assert.equal(md.DeviceSize, String(64 * MB));
+      const json = JSON.parse(await readFile(join(root, 'devicemapper/metadata', id), 'utf8')) as Record<string, unknown>;
+      assert.deepEqual(Object.keys(json).sort(), ['deleted', 'device_id', 'initialized', 'size', 'transaction_id']);
+      devIds.push(Number(md.DeviceId));
+    }
+    const info = new Map(await strata.info());
+    assert.equal(info.get('Storage Driver'), 'devicemapper');
+    assert.match(info.get(' Pool Name') ?? '', /^strata-\d+:\d+-\d+-pool$/);
+    assert.equal(info.get(' Base Device Size'), '67.11MB');
+    for (const key of ['Pool Blocksize', 'Backing Filesystem', 'Data file', 'Metadata file', 'Data Space Used', 'Data Space Total',
+      'Data Space Available', 'Metadata Space Used', 'Metadata Space Total', 'Metadata Space Available', 'Thin Pool Minimum Free Space',
+      'Deferred Removal Enabled', 'Deferred Deletion Enabled', 'Deferred Deleted Device Count', 'Library Version']) {
+      assert.ok(info.has(` ${key}`), key);
+    }
+    const metadataFile = driver.service.metadataPath;
+    await driver.cleanup();
+    await run('thin_check', [metadataFile]);
+    const maps = await poolMappings(metadataFile);
+    for (let i = 1; i < devIds.length; i++) {
+      const parent = maps.get(devIds[i - 1]!)!;
+      const child = maps.get(devIds[i]!)!;
+      assert.ok(shared(parent, child) > 0, `device ${devIds[i]} (${ids[i]}) shares blocks with ${devIds[i - 1]}`);
+    }
+    // the base layer's 2 MiB file lives once in the pool, however many devices see it
+    const all = [...maps.values()].reduce((n, s) => n + s.size, 0);
+    const distinct = new Set([...maps.values()].flatMap((s) => [...s])).size;
+    assert.ok(all > distinct * 2, `blocks are shared (${all} mappings over ${distinct} blocks)`);
+  });
+
+  test('the default pool (100G data, 2G metadata) is made of sparse files', async (root) => {
+    const d = await DevicemapperDriver.open({ root, options: { 'dm.basesize': '64M' } });
+    const data = await stat(join(root, 'devicemapper/devicemapper/data'));
+    const meta = await stat(join(root, 'devicemapper/devicemapper/metadata'));
+    assert.equal(data.size, 100 * 1024 ** 3);
+    assert.equal(meta.size, 2 * 1024 ** 3);
+    assert.ok(data.blocks * 512 < 64 * MB && meta.blocks * 512 < 64 * MB, 'sparse');
+    const s = new Map(await d.status());
+    assert.equal(s.get('Data Space Total'), '107.4GB');
+    assert.equal(s.get('Metadata Space Total'), '2.147GB');
+    assert.equal(s.get('Pool Blocksize'), '65.54kB');
+    assert.equal(s.get('Thin Pool Minimum Free Space'), '10.74GB');
+    await d.create('x', null);
+    assert.ok(await d.exists('x'));
+    await d.cleanup();
+  });
+
+  test('dm.min_free_space refuses a new device once the pool is that full, and says why', async (root) => {
+    const opts = { ...small, 'dm.loopdatasize': '256M', 'dm.min_free_space': '85%' };
+    const d = await DevicemapperDriver.open({ root, options: opts });
+    await d.create('image', null);
+    const p = await d.get('image');
+    try {
+      await writeFile(join(p, 'fill'), randomBytes(40 * MB));
+    } finally {
+      await d.put('image');
+    }
+    await assert.rejects(d.create('ctr', 'image'), (e) => isStrataError(e, 'POOL_NO_SPACE') && /dm\.min_free_space/.test(e.message) && /free data blocks/.test(e.message));
+    assert.equal(await d.exists('ctr'), false);
+    await d.remove('image');
+    await d.create('ctr', null);
+    await d.cleanup();
+  });
+
+  test('deferred removal and deletion: a busy device is let go lazily and deleted once free', async (root) => {
+    const opts = { ...small, 'dm.use_deferred_removal': 'true', 'dm.use_deferred_deletion': 'true' };
+    const d = await DevicemapperDriver.open({ root, options: opts });
+    await d.create('busy', null);
+    const p = await d.get('busy');
+    await writeFile(join(p, 'held'), 'x');
+    const held = await open(join(p, 'held'), 'r');
+    try {
+      await d.put('busy'); // umount is busy: detached lazily instead
+      await d.remove('busy'); // the pool still serves it: marked deleted
+      assert.equal(await d.exists('busy'), false);
+      assert.equal(new Map(await d.status()).get('Deferred Deleted Device Count'), '1');
+      assert.equal(JSON.parse(await readFile(join(root, 'devicemapper/metadata/busy'), 'utf8')).deleted, true);
+    } finally {
+      await held.close();
+    }
+    // once the last user is gone the device is released, and the next change deletes it
+    for (let i = 0; i < 100 && (await d.status()).some(([k, v]) => k === 'Deferred Deleted Device Count' && v !== '0'); i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      await d.create(`probe${i}`, null);
+    }
+    assert.equal(new Map(await d.status()).get('Deferred Deleted Device Count'), '0');
+    await assert.rejects(readFile(join(root, 'devicemapper/metadata/busy')));
+    await d.cleanup();
+  });
+
+  test('a raised dm.basesize grows the base filesystem; a smaller one is refused', async (root) => {
+    const d1 = await DevicemapperDriver.open({ root, options: small });
+    await d1.cleanup();
+    const bigger = { ...small, 'dm.basesize': '128M' };
+    const d2 = await DevicemapperDriver.open({ root, options: bigger });
+    await d2.create('l', null);
+    assert.equal((await d2.metadata('l')).DeviceSize, String(128 * MB));
+    const p = await d2.get('l');
+    try {
+      const out = await run('df', ['-B1', '--output=size', p]);
+      assert.ok(Number(out.split('\n')[1]) > 100 * MB, `filesystem grew: ${out}`);
+    } finally {
+      await d2.put('l');
+    }
+    // --storage-opt size= on one device: larger than the base, grown the same way
+    await d2.create('big', 'l', { size: 192 * MB });
+    assert.equal((await d2.metadata('big')).DeviceSize, String(192 * MB));
+    const pb = await d2.get('big');
+    try {
+      const out = await run('df', ['-B1', '--output=size', pb]);
+      assert.ok(Number(out.split('\n')[1]) > 160 * MB, `filesystem grew: ${out}`);
+    } finally {
+      await d2.put('big');
+    }
+    await d2.cleanup();
+    await assert.rejects(DevicemapperDriver.open({ root, options: small }), (e) => isStrataError(e, 'INVALID_OPTION'));
+  });
+
+  test('dm.fs=xfs with dm.mkfsarg and dm.mountopt', async (root) => {
+    const d = await DevicemapperDriver.open({ root, options: { ...small, 'dm.basesize': '320M', 'dm.fs': 'xfs', 'dm.mkfsarg': '-m reflink=0', 'dm.mountopt': 'noatime' } });
+    await d.create('a', null);
+    await d.create('b', 'a');
+    const pa = await d.get('a');
+    await writeFile(join(pa, 'f'), 'a');
+    await d.put('a');
+    const pb = await d.get('b');
+    const pa2 = await d.get('a');
+    try {
+      assert.deepEqual(await readdir(pb), []);
+      assert.equal(await readFile(join(pa2, 'f'), 'utf8'), 'a');
+      const mounts = await readFile('/proc/self/mounts', 'utf8');
+      const line = mounts.split('\n').find((l) => l.split(' ')[1] === join(root, 'devicemapper/mnt/a'));
+      assert.match(line ?? '', / xfs .*noatime.*nouuid/);
+    } finally {
+      await d.put('b');
+      await d.put('a');
+    }
+    await d.cleanup();
+  });
+});
