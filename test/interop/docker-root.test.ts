@@ -4,7 +4,8 @@
 // makes and commits its own containers without touching Docker's.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { writeFile, readFile, readdir, rm, mkdir } from 'node:fs/promises';
+import { writeFile, readFile, readdir, rm } from 'node:fs/promises';
+import { Readable } from 'node:stream';
 import { join } from 'node:path';
 import { createWriteStream } from 'node:fs';
 import { pipeline } from 'node:stream/promises';
@@ -89,8 +90,22 @@ for (const driver of ['overlay2', 'vfs'] as const) {
       const out = join(tmp, `saved-${driver}.tar`);
       await pipeline(await saveImages(strata, ['img:2'], 'docker'), createWriteStream(out));
       assert.deepEqual(await archiveLayerDigests(out, 'img:2'), diffIds['img:2']);
+      const cliOut = join(tmp, `saved-cli-${driver}.tar`);
+      await strataOk(root, ['save', '-o', cliOut, 'wh:1'], { driver });
+      assert.deepEqual(await archiveLayerDigests(cliOut, 'wh:1'), diffIds['wh:1']);
       const inspected = JSON.parse((await run('skopeo', ['inspect', '--raw', `docker-archive:${out}`])).toString()) as { layers: unknown[] };
       assert.equal(inspected.layers.length, diffIds['img:2']!.length);
+    });
+
+    test('records the same layer size as Docker for the same tar', async () => {
+      const strata = await Strata.open({ root, driver });
+      const dockers = await strata.layers.get(diffIds['base:1']![0]! as `sha256:${string}`);
+      const fresh = await Strata.open({ root: join(tmp, 'fresh'), driver });
+      const id = await fresh.importImage(Readable.from(await baseTar()));
+      const [mine] = await fresh.imageLayers(id);
+      assert.equal(mine!.diffId, dockers.diffId);
+      assert.equal(mine!.size, dockers.size);
+      await fresh.driver.cleanup();
     });
 
     test('creates, diffs and commits its own container beside Docker\'s', async () => {
@@ -138,7 +153,21 @@ for (const driver of ['overlay2', 'vfs'] as const) {
         await d.stop();
         dockerd = null;
       }
-      await mkdir(tmp, { recursive: true });
+    });
+
+    test('docker load takes the archives Strata saved from Docker\'s root (fresh daemon)', async () => {
+      dockerd = await startDockerd(join(tmp, 'd3'), join(tmp, 'load-root'), driver);
+      const d = dockerd;
+      try {
+        const loaded = await d.docker(['load', '-i', join(tmp, `saved-${driver}.tar`)]);
+        assert.match(loaded, /Loaded image: img:2/);
+        await d.docker(['load', '-i', join(tmp, `saved-cli-${driver}.tar`)]);
+        assert.deepEqual(JSON.parse(await d.docker(['inspect', '--format', '{{json .RootFS.Layers}}', 'img:2'])), diffIds['img:2']);
+        assert.deepEqual(JSON.parse(await d.docker(['inspect', '--format', '{{json .RootFS.Layers}}', 'wh:1'])), diffIds['wh:1']);
+      } finally {
+        await d.stop();
+        dockerd = null;
+      }
     });
   });
 }
