@@ -73,15 +73,20 @@ test('normalizeUpper turns fuse-overlayfs records into aufs files (no mount need
   await run('mknod', [join(up, 'replaced/.wh..opq'), 'c', '0', '0']);
   await fsp.writeFile(join(up, 'fresh/.wh..wh..opq'), '');
   await run('mknod', [join(up, 'null'), 'c', '1', '3']);
+  await fsp.writeFile(join(up, 'etc/hosts'), 'h');
+  await setXattr(join(up, 'etc/hosts'), 'user.fuseoverlayfs.origin', 'x');
+  await setXattr(join(up, 'etc/hosts'), 'user.kept', 'k');
   const lowerDirs = new Set(['etc', 'replaced']);
   const stats = await normalizeUpper(up, async (rel) => lowerDirs.has(rel));
-  assert.deepEqual(stats, { whiteouts: 1, opaque: 1, droppedOpaque: 1 });
-  assert.deepEqual((await fsp.readdir(join(up, 'etc'))).sort(), ['.wh.passwd']);
+  assert.deepEqual(stats, { whiteouts: 1, opaque: 1, droppedOpaque: 1, xattrs: 1 });
+  assert.equal(await getXattr(join(up, 'etc/hosts'), 'user.fuseoverlayfs.origin'), null);
+  assert.equal((await getXattr(join(up, 'etc/hosts'), 'user.kept'))?.toString(), 'k');
+  assert.deepEqual((await fsp.readdir(join(up, 'etc'))).sort(), ['.wh.passwd', 'hosts']);
   assert.deepEqual((await fsp.readdir(join(up, 'replaced'))).sort(), ['.wh..wh..opq']);
   assert.equal(await getXattr(join(up, 'replaced'), 'trusted.overlay.opaque'), null);
   assert.deepEqual(await fsp.readdir(join(up, 'fresh')), [], 'no lower directory: the opaque marker is noise');
   assert.ok((await fsp.lstat(join(up, 'null'))).isCharacterDevice(), 'a real device node stays');
-  assert.deepEqual(await normalizeUpper(up, async (rel) => lowerDirs.has(rel)), { whiteouts: 0, opaque: 0, droppedOpaque: 0 }, 'idempotent');
+  assert.deepEqual(await normalizeUpper(up, async (rel) => lowerDirs.has(rel)), { whiteouts: 0, opaque: 0, droppedOpaque: 0, xattrs: 0 }, 'idempotent');
 });
 
 test('a container on fuse-overlayfs: changes land in diff/<id> in aufs form after put', async (t) => {
@@ -96,6 +101,7 @@ test('a container on fuse-overlayfs: changes land in diff/<id> in aufs form afte
   assert.equal(mnt, join(home, 'mnt/ctr'));
   assert.deepEqual((await fsp.readdir(mnt)).sort(), ['etc', 'var'], 'housekeeping is invisible in the mount');
   await fsp.unlink(join(mnt, 'etc/passwd'));
+  await fsp.appendFile(join(mnt, 'etc/hosts'), '+'); // a copy-up: fuse-overlayfs tags it with an origin xattr
   await fsp.rm(join(mnt, 'var/lib'), { recursive: true });
   await fsp.mkdir(join(mnt, 'var/lib'));
   await fsp.mkdir(join(mnt, 'new'));
@@ -103,13 +109,14 @@ test('a container on fuse-overlayfs: changes land in diff/<id> in aufs form afte
   await d.put('ctr');
   assert.equal(await isMounted(mnt), false);
   const diff = join(home, 'diff/ctr');
-  assert.deepEqual((await fsp.readdir(join(diff, 'etc'))).sort(), ['.wh.passwd']);
+  assert.deepEqual((await fsp.readdir(join(diff, 'etc'))).sort(), ['.wh.passwd', 'hosts']);
   assert.deepEqual((await fsp.readdir(join(diff, 'var/lib'))).sort(), ['.wh..wh..opq']);
   assert.deepEqual((await fsp.readdir(join(diff, 'new'))).sort(), ['f']);
   // the diff streams diff/<id>: aufs whiteouts, no housekeeping
   const names: string[] = [];
   for await (const e of readTar(await d.diff('ctr', 'image'))) {
     names.push(e.header.name);
+    assert.deepEqual([...(e.header.xattrs?.keys() ?? [])].filter((k) => k.includes('overlay')), [], `${e.header.name}: no mount-program xattrs`);
     e.body?.resume?.();
   }
   assert.ok(names.some((n) => n.endsWith('etc/.wh.passwd')), names.join(' '));
@@ -118,6 +125,7 @@ test('a container on fuse-overlayfs: changes land in diff/<id> in aufs form afte
   // the change is visible again on the next mount, whiteouts honoured from the upper branch
   const again = await d.get('ctr');
   assert.deepEqual((await fsp.readdir(join(again, 'etc'))).sort(), ['hosts']);
+  assert.equal(await fsp.readFile(join(again, 'etc/hosts'), 'utf8'), 'h+');
   assert.deepEqual(await fsp.readdir(join(again, 'var/lib')), []);
   await d.put('ctr');
 });

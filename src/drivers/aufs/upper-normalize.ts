@@ -1,11 +1,26 @@
 import { lstat, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { isErrno } from '../../errors.js';
-import { getXattr, removeXattr } from '../../util/xattr.js';
+import { getXattr, readXattrs, removeXattr } from '../../util/xattr.js';
 import { OPAQUE_MARKER, isHousekeeping, whiteoutName } from '../../union/index.js';
 
 /** Opaque-directory xattrs fuse-overlayfs may set (as root, and rootless). */
 const OPAQUE_XATTRS = ['trusted.overlay.opaque', 'user.fuseoverlayfs.opaque'];
+
+/** The mount program's private xattrs (copy-up origins, impure markers): never part of a layer. */
+export function isPrivateXattr(name: string): boolean {
+  return name.startsWith('user.fuseoverlayfs.') || name.startsWith('trusted.overlay.');
+}
+
+async function dropPrivateXattrs(path: string): Promise<number> {
+  let n = 0;
+  for (const name of (await readXattrs(path)).keys()) {
+    if (!isPrivateXattr(name)) continue;
+    await removeXattr(path, name);
+    n++;
+  }
+  return n;
+}
 
 /** aufs' whiteouts are r--r--r--, like its whiteout base `.wh..wh.aufs`. */
 const WHITEOUT_MODE = 0o444;
@@ -24,18 +39,21 @@ export interface NormalizeStats {
   whiteouts: number;
   opaque: number;
   droppedOpaque: number;
+  /** Private xattrs of the mount program removed (e.g. fuse-overlayfs' copy-up origin). */
+  xattrs: number;
 }
 
 /**
  * Bring a writable branch back to aufs' on-disk convention after fuse-overlayfs wrote to it:
  * 0/0 char devices become `.wh.<name>` files, opaque xattrs become `.wh..wh..opq` markers, and
  * the opaque markers fuse-overlayfs puts on every new directory are dropped where no read-only
- * branch has a directory to hide (aufs only marks a directory opaque when it replaces one).
+ * branch has a directory to hide (aufs only marks a directory opaque when it replaces one);
+ * the mount program's private xattrs (`user.fuseoverlayfs.*`, `trusted.overlay.*`) are removed.
  * `lowerHasDir(rel)` answers from the read-only branches (only asked when every ancestor is a
  * lower directory too). Idempotent; must run while the branch is not mounted.
  */
 export async function normalizeUpper(upper: string, lowerHasDir: (rel: string) => Promise<boolean>): Promise<NormalizeStats> {
-  const stats: NormalizeStats = { whiteouts: 0, opaque: 0, droppedOpaque: 0 };
+  const stats: NormalizeStats = { whiteouts: 0, opaque: 0, droppedOpaque: 0, xattrs: 0 };
   async function walk(rel: string, lowerVisible: boolean): Promise<void> {
     const dir = rel === '' ? upper : join(upper, rel);
     let marker = false;
@@ -45,6 +63,7 @@ export async function normalizeUpper(upper: string, lowerHasDir: (rel: string) =
         marker = true;
       }
     }
+    if (rel !== '') stats.xattrs += await dropPrivateXattrs(dir);
     const entries = await readdir(dir, { withFileTypes: true });
     if (entries.some((e) => e.name === OPAQUE_MARKER)) marker = true;
     if (marker && rel !== '' && !lowerVisible) {
@@ -76,6 +95,8 @@ export async function normalizeUpper(upper: string, lowerHasDir: (rel: string) =
         }
       } else if (e.isDirectory() && !e.name.startsWith('.wh.')) {
         await walk(childRel, childrenVisible && (await lowerHasDir(childRel)));
+      } else if (!e.name.startsWith('.wh.')) {
+        stats.xattrs += await dropPrivateXattrs(path);
       }
     }
   }
