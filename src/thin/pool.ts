@@ -164,13 +164,18 @@ export class Pool {
     }
   }
 
-  /** Data blocks: allocate one, committing first if only released-this-transaction blocks remain. */
-  async allocDataBlock(): Promise<number> {
+  /**
+   * Allocate a data block. When only blocks released in this transaction remain, commit first so
+   * they become reusable (as the kernel does); `beforeCommit` lets the caller issue data writes for
+   * blocks it already mapped, so a commit never publishes a mapping whose data is not written.
+   */
+  async allocDataBlock(beforeCommit?: () => Promise<void>): Promise<number> {
     try {
       return this.md.allocDataBlock();
     } catch (err) {
       if (!isStrataError(err, 'POOL_NO_SPACE')) throw err;
       if (this.md.dataSm.hasPendingFrees) {
+        await beforeCommit?.();
         await this.commitLocked();
         return this.md.allocDataBlock();
       }

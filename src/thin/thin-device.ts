@@ -103,39 +103,45 @@ export class ThinDevice {
     const map = await this.mappings(offset, end);
     const details = md.deviceDetails(this.id);
     const writes: PendingWrite[] = [];
-    for (let pos = offset; pos < end;) {
-      const vb = Math.floor(pos / bs);
-      const within = pos - vb * bs;
-      const n = Math.min(bs - within, end - pos);
-      const piece = buf.subarray(pos - offset, pos - offset + n);
-      pos += n;
-      const m = map.get(vb);
-      // dm-thin's sharing test: mapped before the device's last snapshot means maybe shared
-      if (m && !(details.snapshottedTime > m.time)) {
-        writes.push({ offset: m.block * bs + within, data: piece });
-        continue;
+    const issue = async (): Promise<void> => {
+      pool.markDataDirty();
+      await writeCoalesced(pool.dataDevice, writes);
+      writes.length = 0;
+    };
+    try {
+      for (let pos = offset; pos < end;) {
+        const vb = Math.floor(pos / bs);
+        const within = pos - vb * bs;
+        const n = Math.min(bs - within, end - pos);
+        const piece = buf.subarray(pos - offset, pos - offset + n);
+        pos += n;
+        const m = map.get(vb);
+        // dm-thin's sharing test: mapped before the device's last snapshot means maybe shared
+        if (m && !(details.snapshottedTime > m.time)) {
+          writes.push({ offset: m.block * bs + within, data: piece });
+          continue;
+        }
+        // what the new block will hold, prepared before allocating so nothing can fail in between
+        let data = piece;
+        let at = within;
+        if (n < bs && (m || !pool.features.skipBlockZeroing)) {
+          data = Buffer.alloc(bs);
+          // breaking sharing copies the old block; a fresh block is zeroed around the write
+          if (m) await pool.dataDevice.read(data, m.block * bs);
+          piece.copy(data, within);
+          at = 0;
+        }
+        md.ensureMetadataSpace();
+        const block = await pool.allocDataBlock(issue);
+        writes.push({ offset: block * bs + at, data });
+        await pool.mutate(() => md.insertMapping(this.id, vb, block));
       }
-      md.ensureMetadataSpace();
-      const block = await pool.allocDataBlock();
-      if (n === bs) {
-        writes.push({ offset: block * bs, data: piece });
-      } else if (m) {
-        // break sharing: copy the old block, then lay the new bytes over it
-        const copy = Buffer.alloc(bs);
-        await pool.dataDevice.read(copy, m.block * bs);
-        piece.copy(copy, within);
-        writes.push({ offset: block * bs, data: copy });
-      } else if (!pool.features.skipBlockZeroing) {
-        const zeroed = Buffer.alloc(bs);
-        piece.copy(zeroed, within);
-        writes.push({ offset: block * bs, data: zeroed });
-      } else {
-        writes.push({ offset: block * bs + within, data: piece });
-      }
-      await pool.mutate(() => md.insertMapping(this.id, vb, block));
+    } catch (err) {
+      // blocks mapped so far must get their bytes (a copied block its copy) before anyone reads them
+      await issue();
+      throw err;
     }
-    pool.markDataDirty();
-    await writeCoalesced(pool.dataDevice, writes);
+    await issue();
     await pool.maybeAutoCommit();
   }
 
