@@ -8,10 +8,12 @@ import {
   utimesSync, writeFileSync, lutimesSync, rmSync, existsSync,
 } from 'node:fs';
 import { getAttributeSync } from '@napi-rs/xattr';
+import { createReadStream } from 'node:fs';
+import { PassThrough, Readable } from 'node:stream';
 import {
-  applyLayerTar, buildTar, changes, changesFromUpper, diffTar, readTar, tarDirectory, tarUpperDir, TYPE,
+  TarSplitRecorder, applyLayerTar, assembleTar, buildTar, changes, changesFromUpper, diffTar, readTar, tarDirectory, tarUpperDir, TYPE,
 } from '../../src/archive/index.js';
-import { IS_ROOT, bufferStream, collect, hasTrustedXattrs, run, sha256, snapshot, tempDir } from './helpers.js';
+import { IS_ROOT, bufferStream, collect, hasTrustedXattrs, run, sha256, sink, snapshot, tempDir } from './helpers.js';
 
 let t: { dir: string; cleanup: () => void };
 before(() => { t = tempDir(); });
@@ -100,6 +102,23 @@ describe('apply metadata matches GNU tar extraction', () => {
     assert.equal(hard, 'etc/passwd.hard -> etc/passwd');
     const sorted = [...names].sort((x, y) => Buffer.compare(Buffer.from(`/${x.replace(/\/$/, '')}`), Buffer.from(`/${y.replace(/\/$/, '')}`)));
     assert.deepEqual(names, sorted);
+  });
+
+  it('apply → tar-split → assembleTar gives the same sha256 for the rich tree (devices, fifo, xattrs, setuid, hardlinks)', async () => {
+    const src = fresh('rich-ts');
+    richTree(src);
+    const tar = run('tar', ['--format=posix', '--xattrs', '--xattrs-include=*', '--numeric-owner', '-cf', '-', '-C', src, '.']);
+    const target = fresh('rich-ts-apply');
+    const out = sink();
+    const rec = new TarSplitRecorder(out.stream);
+    await applyLayerTar(target, bufferStream(tar, 3000).pipe(rec), { whiteouts: 'apply' });
+    const r = await rec.finished();
+    assert.equal(r.diffId, sha256(tar));
+    const rebuilt = new PassThrough();
+    const done = collect(rebuilt);
+    await assembleTar(Readable.from([out.data()]), async (name) => createReadStream(`${target}/${name}`), rebuilt);
+    rebuilt.end();
+    assert.equal(sha256(await done), sha256(tar));
   });
 
   it('tarDirectory (export) round-trips through GNU tar and applyLayerTar', async () => {
