@@ -115,6 +115,9 @@ export async function run(): Promise<void> {
       imports.d.push(td);
     }
 
+    // Write back what the imports left dirty first, so neither side's creates wait behind it.
+    await sh('sync', []);
+
     // create: median of 20
     const creates: { s: number[]; d: number[]; cli: number[] } = { s: [], d: [], cli: [] };
     for (let i = 0; i < CREATES; i++) {

@@ -167,6 +167,9 @@ export async function exists(path: string): Promise<boolean> {
  */
 export async function probeOverlay2(root: string): Promise<string | null> {
   if (process.getuid?.() !== 0) return 'overlay2 mounts need root (running as an unprivileged user)';
+  // Layers keep opaque directories in trusted.* xattrs, which a user namespace cannot set
+  // (Docker 20.10 refuses overlay2 there for the same reason).
+  if (await inUserNamespace()) return 'overlay2 layers need trusted.* xattrs, unavailable inside a user namespace';
   const home = join(root, 'overlay2');
   if (await exists(join(home, 'l'))) {
     return (await kernelHasOverlay()) ? null : 'the kernel has no OverlayFS (overlay is not in /proc/filesystems)';

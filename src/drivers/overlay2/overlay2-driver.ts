@@ -21,7 +21,7 @@
  * the image); anything else falls back to comparing mounted trees (naive-diff.ts).
  */
 import { mkdir, readFile, readlink, rm, rmdir, stat, symlink, writeFile, readdir, rename } from 'node:fs/promises';
-import { join, basename, dirname } from 'node:path';
+import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import type { Change, CreateOptions, Driver, DriverCapabilities, DriverOptions } from '../driver.js';
@@ -222,7 +222,11 @@ export class Overlay2Driver implements Driver {
     });
   }
 
-  /** Unmount every layer this driver (or a crashed process) left mounted, and forget the counts. */
+  /**
+   * Unmount every layer Strata counted as mounted (also what a crashed process left: its counts
+   * are on disk) and forget the counts. Overlay mounts Strata did not count are left alone: on a
+   * root shared with a running dockerd they are Docker's containers.
+   */
   async cleanup(): Promise<void> {
     await mkdir(this.home, { recursive: true });
     await this.withMountLock(async () => {
@@ -232,7 +236,6 @@ export class Overlay2Driver implements Driver {
         await rmdir(merged).catch(() => undefined);
         await this.refs.forget(id);
       }
-      for (const mountPoint of await overlayMountsUnder(this.home)) await unmount(mountPoint).catch(() => undefined);
     });
     // Sweep what interrupted removes left behind.
     for (const name of await readdir(this.home).catch(() => [] as string[])) {
@@ -324,21 +327,6 @@ export class Overlay2Driver implements Driver {
     if (!(await this.native(id, parent))) return (await naive()).naiveDiffSize(this, id, parent);
     return directorySize(join(this.dir(id), 'diff'));
   }
-}
-
-/** Overlay mount points below `home` from the mount table (left by a crash or by another tool). */
-async function overlayMountsUnder(home: string): Promise<string[]> {
-  const text = await readFile('/proc/self/mountinfo', 'utf8').catch(() => '');
-  const out: string[] = [];
-  for (const line of text.split('\n')) {
-    const fields = line.split(' ');
-    const sep = fields.indexOf('-');
-    if (sep < 0 || fields[sep + 1] !== 'overlay') continue;
-    const point = (fields[4] ?? '').replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(Number.parseInt(o, 8)));
-    if (dirname(dirname(point)) === home && basename(point) === 'merged') out.push(point);
-  }
-  // deepest first, in case anything is stacked
-  return out.sort((a, b) => b.length - a.length);
 }
 
 export async function createOverlay2Driver(opts: DriverOptions): Promise<Driver> {
