@@ -27,7 +27,31 @@ export class FileBlockDevice implements BlockDevice {
   }
 
   async size(): Promise<number> {
-    return (await this.handle.stat()).size;
+    const st = await this.handle.stat();
+    return st.isBlockDevice() ? this.probeSize() : st.size;
+  }
+
+  /**
+   * A block device's stat size is 0 and Node has no BLKGETSIZE64 ioctl: find the end by binary
+   * search over 512-byte sectors (a read at or past the end returns 0 bytes). About 50 reads.
+   */
+  private async probeSize(): Promise<number> {
+    const probe = Buffer.alloc(1);
+    const readable = async (sector: number): Promise<boolean> =>
+      (await this.handle.read(probe, 0, 1, sector * 512)).bytesRead === 1;
+    let lo = 0; // sectors known readable: [0, lo)
+    let hi = 1;
+    while (await readable(hi - 1)) {
+      lo = hi;
+      hi *= 2;
+    }
+    // sector lo-1 is readable (or lo = 0), sector hi-1 is not
+    while (hi - lo > 1) {
+      const mid = Math.floor((lo + hi) / 2);
+      if (await readable(mid - 1)) lo = mid;
+      else hi = mid;
+    }
+    return lo * 512;
   }
 
   async read(buf: Buffer, offset: number): Promise<void> {

@@ -248,3 +248,35 @@ test('a commit forced by allocation mid-write never publishes a mapping before i
   assert.ok(got.equals(want) || got.equals(withWrite) || (got.subarray(0, BS).equals(withWrite.subarray(0, BS)) && got.subarray(BS).equals(want.subarray(BS))));
   await pool2.close();
 });
+
+test('a pool over loop block devices (sizes probed, not stat)', { skip: process.getuid?.() !== 0 ? 'needs root for losetup' : false }, async (t) => {
+  const { execFileSync } = await import('node:child_process');
+  const { dir, cleanup } = await tempDir();
+  const loops: string[] = [];
+  try {
+    await sparseFile(join(dir, 'm'), 4 << 20);
+    await sparseFile(join(dir, 'd'), (64 << 20) + 3 * 512);
+    try {
+      for (const f of ['m', 'd']) loops.push(execFileSync('losetup', ['-f', '--show', join(dir, f)], { encoding: 'utf8' }).trim());
+    } catch (err) {
+      t.skip(`losetup failed: ${String(err).split('\n')[0]}`);
+      return;
+    }
+    const pool = await Pool.open({ metadataPath: loops[0]!, dataPath: loops[1]!, dataBlockSectors: 128 });
+    assert.equal(await pool.dataDevice.size(), (64 << 20) + 3 * 512);
+    assert.equal((await pool.status()).totalDataBlocks, 1024);
+    await pool.createThin(1);
+    const dev = await pool.openThin(1, 8 << 20);
+    await dev.write(pattern(100_000, 1), 12345);
+    await dev.flush();
+    await pool.close();
+    const again = await Pool.open({ metadataPath: loops[0]!, dataPath: loops[1]!, dataBlockSectors: 128 });
+    const got = Buffer.alloc(100_000);
+    await (await again.openThin(1, 8 << 20)).read(got, 12345);
+    assert.ok(got.equals(pattern(100_000, 1)));
+    await again.close();
+  } finally {
+    for (const l of loops) execFileSync('losetup', ['-d', l]);
+    await cleanup();
+  }
+});
