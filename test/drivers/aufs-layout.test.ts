@@ -171,3 +171,31 @@ test('whiteouts from an applied tar stay aufs files in diff/<id>', async (t) => 
   assert.equal(await d.diffSize('top', 'base'), 0);
   assert.equal(await d.diffDirectory('top'), join(home, 'diff/top'));
 });
+
+test('a mount whose FUSE daemon died is mounted again by the next get', async (t) => {
+  const why = isRoot ? await probeAufs('') : 'mounts need root';
+  if (why !== null) return t.skip(why);
+  const { d, home } = await withRoot(t);
+  await d.create('base', null);
+  await d.applyDiff('base', null, Readable.from(await layerTar([file('hello', 'world')])));
+  const mnt = await d.get('base');
+  // the fuse-overlayfs process serving this mount point (started by the driver above)
+  let pid: number | null = null;
+  for (const entry of await fsp.readdir('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    const cmd = await fsp.readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '');
+    if (cmd.startsWith('/usr/bin/fuse-overlayfs') || cmd.split('\0')[0]?.endsWith('fuse-overlayfs')) {
+      if (cmd.split('\0').includes(mnt)) pid = Number(entry);
+    }
+  }
+  assert.ok(pid !== null, 'found the daemon');
+  process.kill(pid, 'SIGKILL');
+  for (let i = 0; i < 50 && (await fsp.statfs(mnt).then(() => true, () => false)); i++) await new Promise((r) => setTimeout(r, 20));
+  await assert.rejects(fsp.stat(join(mnt, 'hello')), 'the dead mount answers ENOTCONN');
+  const again = await d.get('base');
+  assert.equal(await fsp.readFile(join(again, 'hello'), 'utf8'), 'world');
+  assert.equal(await fsp.readFile(join(home, 'mountrefs/base'), 'utf8'), '2');
+  await d.put('base');
+  await d.put('base');
+  assert.equal(await isMounted(mnt), false);
+});

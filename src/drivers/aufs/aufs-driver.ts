@@ -32,8 +32,9 @@ import { naiveChanges, naiveDiff, naiveDiffSize } from '../naive-diff.js';
 import { applyLayerTar, changesFromUpper, tarUpperDir } from '../../archive/index.js';
 import { UnionFs, createHousekeeping, isHousekeeping } from '../../union/index.js';
 import { childLayers, formatLayers, parseLayers } from './layers-file.js';
-import { detectMountProgram, isMounted, mountBranches, unmount, type MountProgram } from './mount-program.js';
+import { cachedMountProgram, detectMountProgram, isMounted, mountBranches, unmount, type BranchSpec, type MountProgram } from './mount-program.js';
 import { normalizeUpper } from './upper-normalize.js';
+import { backingFsName } from '../vfs/vfs-driver.js';
 
 export class AufsDriver implements Driver {
   readonly name = 'aufs';
@@ -69,7 +70,7 @@ export class AufsDriver implements Driver {
   async mountProgram(): Promise<MountProgram | string> {
     this.program ??= (async () => {
       await mkdir(this.home, { recursive: true, mode: 0o700 });
-      return detectMountProgram(this.home);
+      return cachedMountProgram(this.home, join(this.home, 'mount-program.json'));
     })();
     return this.program;
   }
@@ -132,23 +133,39 @@ export class AufsDriver implements Driver {
 
   async get(id: string): Promise<string> {
     const ancestors = await this.ancestors(id);
+    await mkdir(join(this.home, 'locks'), { recursive: true, mode: 0o700 });
     const target = this.mntDir(id);
     const program = await this.mountProgram();
     if (typeof program === 'string') throw strataError('DRIVER_NOT_SUPPORTED', `aufs cannot mount here: ${program}`, { id });
+    const spec = async (): Promise<BranchSpec> => ({
+      home: this.home,
+      upper: join('diff', id),
+      // a base layer still needs one lower branch for fuse-overlayfs: an empty directory
+      lowers: ancestors.length > 0 ? ancestors.map((a) => join('diff', a)) : [await this.emptyLower()],
+      work: join('work', id),
+      target,
+    });
     await this.refs.change(id, 1, async () => {
       await mkdir(target, { recursive: true, mode: 0o755 });
       if (await isMounted(target)) return; // a mount that outlived its count (crash): reuse it
       await this.normalize(id, ancestors);
-      await mountBranches(program, {
-        home: this.home,
-        upper: join('diff', id),
-        // a base layer still needs one lower branch for fuse-overlayfs: an empty directory
-        lowers: ancestors.length > 0 ? ancestors.map((a) => join('diff', a)) : [await this.emptyLower()],
-        work: join('work', id),
-        target,
-      });
+      await mountBranches(program, await spec());
     });
+    // a count that outlived its mount (reboot, or the FUSE daemon died): mount again
+    if (!(await this.healthy(target))) {
+      await withFileLock(join(this.home, 'locks', `mount-${id}`), async () => {
+        if (await this.healthy(target)) return;
+        // a dead FUSE mount still occupies the mount point (ENOTCONN) until it is unmounted
+        if (await isMounted(target)) await unmount(target).catch(() => undefined);
+        await mountBranches(program, await spec());
+      });
+    }
     return target;
+  }
+
+  private async healthy(target: string): Promise<boolean> {
+    // statfs reaches the FUSE daemon; a stat of the root may be answered from the kernel cache
+    return (await isMounted(target)) && (await statfs(target).then(() => true, () => false));
   }
 
   async put(id: string): Promise<void> {
@@ -171,7 +188,7 @@ export class AufsDriver implements Driver {
    */
   async normalize(id: string, known?: string[]): Promise<void> {
     const ancestors = known ?? (await this.ancestors(id));
-    await mkdir(join(this.home, 'locks'), { recursive: true });
+    await mkdir(join(this.home, 'locks'), { recursive: true, mode: 0o700 });
     await withFileLock(join(this.home, 'locks', id), async () => {
       const lowers = ancestors.length === 0 ? null : await UnionFs.open({ lowers: ancestors.map((a) => this.diffDir(a)).reverse() });
       await normalizeUpper(this.diffDir(id), async (rel) => (await lowers?.lstat(rel).catch(() => null))?.isDirectory() ?? false);
@@ -186,7 +203,7 @@ export class AufsDriver implements Driver {
     const layers = await readdir(join(this.home, 'layers')).catch(() => [] as string[]);
     return [
       ['Root Dir', this.home],
-      ['Backing Filesystem', `0x${fs.type.toString(16)}`],
+      ['Backing Filesystem', backingFsName(fs.type)],
       ['Dirs', String(layers.filter((n) => !n.startsWith('.')).length)],
       ['Dirperm1 Supported', 'false'],
       ['Mount Program', typeof program === 'string' ? `none (${program})` : program.kind === 'aufs' ? 'kernel aufs' : `fuse-overlayfs ${program.version}`],

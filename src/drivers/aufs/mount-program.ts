@@ -1,9 +1,10 @@
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { access, mkdir, readFile, rm, writeFile, readdir, constants } from 'node:fs/promises';
+import { access, mkdir, readFile, rm, writeFile, readdir, stat, constants } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { strataError } from '../../errors.js';
+import { writeFileAtomic } from '../../util/atomic.js';
 
 const run = promisify(execFile);
 
@@ -52,6 +53,40 @@ export async function detectMountProgram(scratch: string, searchPath = process.e
   const program: MountProgram = { kind: 'fuse-overlayfs', binary, version };
   const problem = await probeFuseOverlayfs(program, scratch);
   return problem ?? program;
+}
+
+interface ProbeRecord {
+  binary: string;
+  mtimeMs: number;
+  size: number;
+  version: string;
+}
+
+/**
+ * detectMountProgram, remembered in `cacheFile` while the fuse-overlayfs binary is unchanged:
+ * each CLI call is a new process, and the probe mounts a test stack (tens of milliseconds).
+ * Only a successful probe is remembered; a failure is re-checked every time.
+ */
+export async function cachedMountProgram(scratch: string, cacheFile: string): Promise<MountProgram | string> {
+  const filesystems = await readFile('/proc/filesystems', 'utf8').catch(() => '');
+  if (!/\taufs$/m.test(filesystems)) {
+    try {
+      const rec = JSON.parse(await readFile(cacheFile, 'utf8')) as ProbeRecord;
+      const st = await stat(rec.binary);
+      if (st.mtimeMs === rec.mtimeMs && st.size === rec.size && (await access('/dev/fuse').then(() => true, () => false))) {
+        return { kind: 'fuse-overlayfs', binary: rec.binary, version: rec.version };
+      }
+    } catch {
+      // no usable record: probe
+    }
+  }
+  const program = await detectMountProgram(scratch);
+  if (typeof program !== 'string' && program.kind === 'fuse-overlayfs') {
+    const st = await stat(program.binary);
+    const rec: ProbeRecord = { binary: program.binary, mtimeMs: st.mtimeMs, size: st.size, version: program.version };
+    await writeFileAtomic(cacheFile, JSON.stringify(rec) + '\n');
+  }
+  return program;
 }
 
 /** aufs mount data (moby aufs.go mount): `br:<rw>=rw:<ro>=ro+wh:…`. */
