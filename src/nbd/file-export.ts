@@ -6,6 +6,7 @@
  * possible there).
  */
 import { open, type FileHandle } from 'node:fs/promises';
+import { read as readCb, write as writeCb } from 'node:fs';
 import { createRequire } from 'node:module';
 import { strataError, isErrno } from '../errors.js';
 import type { NbdExport, NbdExtent, WriteOptions, ZeroOptions } from './nbd-export.js';
@@ -20,6 +21,16 @@ const SEEK_HOLE = 4;
 /** Extents per blockStatus call; the client asks again for the rest. */
 const MAX_EXTENTS_PER_CALL = 4096;
 const ZERO_STEP = 1024 * 1024;
+
+// The callback forms of read/write: measurably cheaper per call than FileHandle's promise forms
+// on the hot path (fewer allocations per request).
+function pread(fd: number, buf: Buffer, offset: number, length: number, position: number): Promise<number> {
+  return new Promise((resolve, reject) => readCb(fd, buf, offset, length, position, (err, n) => (err ? reject(err) : resolve(n))));
+}
+
+function pwrite(fd: number, buf: Buffer, offset: number, length: number, position: number): Promise<number> {
+  return new Promise((resolve, reject) => writeCb(fd, buf, offset, length, position, (err, n) => (err ? reject(err) : resolve(n))));
+}
 
 function seek(fd: number, offset: number, whence: number): Promise<number | null> {
   return new Promise((resolve, reject) => {
@@ -66,7 +77,7 @@ export class FileExport implements NbdExport {
   async read(buf: Buffer, offset: number): Promise<void> {
     let done = 0;
     while (done < buf.length) {
-      const { bytesRead } = await this.handle.read(buf, done, buf.length - done, offset + done);
+      const bytesRead = await pread(this.handle.fd, buf, done, buf.length - done, offset + done);
       if (bytesRead === 0) {
         buf.fill(0, done); // past the file's end
         return;
@@ -78,7 +89,7 @@ export class FileExport implements NbdExport {
   async write(buf: Buffer, offset: number, options: WriteOptions): Promise<void> {
     let done = 0;
     while (done < buf.length) {
-      const { bytesWritten } = await this.handle.write(buf, done, buf.length - done, offset + done);
+      const bytesWritten = await pwrite(this.handle.fd, buf, done, buf.length - done, offset + done);
       done += bytesWritten;
     }
     if (options.fua) await this.handle.datasync();

@@ -14,6 +14,7 @@ import { shapeExtents } from './block-status.js';
 import { nbdErrnoFor } from './errno-map.js';
 import { blockSizesOf, BASE_ALLOCATION_ID, type Negotiated } from './handshake.js';
 import type { SocketReader } from './socket-reader.js';
+import { BufferPool } from './buffer-pool.js';
 import type { NbdExport } from './nbd-export.js';
 
 /** Requests in flight per connection before we stop reading more (nbdcopy keeps 64 per conn). */
@@ -41,11 +42,20 @@ export async function serveTransmission(
     maxPayload,
   };
   const inflight = new Set<Promise<void>>();
+  const pool = new BufferPool();
 
+  /** Write one reply in one burst; READ data goes back to the pool once written out. */
   const send = (...bufs: Buffer[]): void => {
     if (!socket.writable) return;
     socket.cork();
     for (const b of bufs) socket.write(b);
+    socket.uncork();
+  };
+  const sendData = (header: Buffer, data: Buffer): void => {
+    if (!socket.writable) return;
+    socket.cork();
+    socket.write(header);
+    socket.write(data, (err) => { if (!err) pool.put(data); });
     socket.uncork();
   };
   const sendError = (req: Request, errno: number, message: string): void => {
@@ -59,7 +69,7 @@ export async function serveTransmission(
 
   const run = async (req: Request, payload: Buffer | undefined): Promise<void> => {
     try {
-      await execute(exp, req, payload, neg, send);
+      await execute(exp, req, payload, neg, { send, sendData, pool });
     } catch (err) {
       hooks.onRequestError?.(err, req);
       const fastZero = (req.flags & CMD_FLAG.FAST_ZERO) !== 0;
@@ -118,17 +128,29 @@ export async function serveTransmission(
   }
 }
 
-async function execute(
-  exp: NbdExport, req: Request, payload: Buffer | undefined, neg: Negotiated, send: (...b: Buffer[]) => void,
-): Promise<void> {
+interface Output {
+  send(...bufs: Buffer[]): void;
+  sendData(header: Buffer, data: Buffer): void;
+  pool: BufferPool;
+}
+
+async function execute(exp: NbdExport, req: Request, payload: Buffer | undefined, neg: Negotiated, out: Output): Promise<void> {
+  const { send } = out;
   const fua = (req.flags & CMD_FLAG.FUA) !== 0;
   switch (req.type) {
     case CMD.READ: {
-      const buf = Buffer.allocUnsafe(req.length);
-      if (req.length > 0) await exp.read(buf, req.offset);
-      if (!neg.structuredReplies) send(encodeSimpleReply(req.cookie, 0), buf);
-      else if (req.length === 0) send(encodeNoneChunk(req.cookie));
-      else send(encodeDataChunkHeader(req.cookie, req.offset, req.length, true), buf);
+      if (req.length === 0) {
+        send(neg.structuredReplies ? encodeNoneChunk(req.cookie) : encodeSimpleReply(req.cookie, 0));
+        return;
+      }
+      const buf = out.pool.get(req.length);
+      try {
+        await exp.read(buf, req.offset);
+      } catch (err) {
+        out.pool.put(buf);
+        throw err;
+      }
+      out.sendData(neg.structuredReplies ? encodeDataChunkHeader(req.cookie, req.offset, req.length, true) : encodeSimpleReply(req.cookie, 0), buf);
       return;
     }
     case CMD.WRITE:
