@@ -14,6 +14,7 @@ import {
   linkSync, lchownSync, lstatSync, lutimesSync, mkdirSync, mkdtempSync, openSync, readdirSync,
   realpathSync, rmSync, symlinkSync, unlinkSync, utimesSync, writeSync,
 } from 'node:fs';
+import { open as openAsync } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import type { Readable } from 'node:stream';
 import { isErrno, isStrataError, strataError } from '../errors.js';
@@ -41,6 +42,12 @@ export interface ApplyOptions {
   devices?: 'create' | 'skip' | 'error';
   /** Accept the same cleaned path twice (default false: DUPLICATE_PATH, as Docker's tar-split). */
   allowDuplicates?: boolean;
+  /**
+   * Small new files written concurrently on the thread pool (default 8; 1 = strictly one at a
+   * time). Only files that cannot exist yet (in a directory this apply created) are pipelined;
+   * everything else waits for them first, so the result is the same as in tar order.
+   */
+  concurrency?: number;
 }
 
 export interface ApplyResult {
@@ -49,6 +56,8 @@ export interface ApplyResult {
 }
 
 const O_CREATE_FILE = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
+/** Largest file written by the pipelined path (its data is held until written). */
+const PIPELINE_MAX = 1 << 20;
 const IS_ROOT = typeof process.getuid === 'function' && process.getuid() === 0;
 
 interface PlnkFile { header: TarHeader; tmp: string }
@@ -63,16 +72,43 @@ class Applier {
   private plnkDir: string | null = null;
   private readonly chown: boolean;
   private readonly devices: 'create' | 'skip' | 'error';
+  /** Real paths this apply created (directories, implicit parents, files): none existed before. */
+  private readonly created = new Set<string>();
+  /** Directories this apply created: whatever is in them, this apply put there. */
+  private readonly freshDirs = new Set<string>();
+  private readonly inflight = new Set<Promise<void>>();
+  private failure: unknown = null;
+  private readonly concurrency: number;
   size = 0;
 
   constructor(readonly root: string, private readonly opts: ApplyOptions) {
-    this.resolver = new RootResolver(root, { create: true });
+    this.resolver = new RootResolver(root, {
+      create: true,
+      onCreate: (real) => {
+        this.created.add(real);
+        this.freshDirs.add(real);
+      },
+    });
+    this.concurrency = Math.max(1, opts.concurrency ?? 8);
+    if (readdirSync(root).length === 0) this.freshDirs.add(root);
     this.lowerResolvers = (opts.lowerDirs ?? []).map((d) => new RootResolver(realpathSync(d), { create: false }));
     this.chown = opts.chown ?? IS_ROOT;
     this.devices = opts.devices ?? (IS_ROOT ? 'create' : 'error');
   }
 
+  /** Wait for every pipelined file; rethrow the first failure. */
+  async drain(): Promise<void> {
+    while (this.inflight.size > 0) await Promise.allSettled([...this.inflight]);
+    if (this.failure) throw this.failure;
+  }
+
+  /** Whether `path` (in real dir `parent`) cannot exist: nothing but this apply wrote there. */
+  private isNew(parent: string | null, path: string): boolean {
+    return parent !== null && this.freshDirs.has(parent) && !this.created.has(path);
+  }
+
   async entry(entry: TarEntry): Promise<void> {
+    if (this.failure) await this.drain();
     const h = entry.header;
     this.size += h.size;
     if (h.typeflag === TYPE.paxGlobal) return; // ignored, as Docker does
@@ -85,6 +121,7 @@ class Applier {
     }
     const wo = rel === '' ? { kind: 'none' as const } : classifyWhiteout(rel);
     if (wo.kind === 'meta') return;
+    if (wo.kind !== 'none' || h.typeflag === TYPE.link) await this.drain();
     if (wo.kind === 'plnk') {
       if (h.typeflag === TYPE.file || h.typeflag === TYPE.contiguous) await this.stashPlnk(wo.name, entry);
       return;
@@ -109,6 +146,7 @@ class Applier {
         mknodSync(victim, 'char', 0, 0);
         if (this.chown) lchownSync(victim, h.uid, h.gid);
         this.unpacked.add(victim);
+        this.created.add(victim);
       }
       return;
     }
@@ -172,9 +210,21 @@ class Applier {
     const parent = rel === '' ? null : this.resolver.resolveDir(dirOf(rel), rel)!;
     const path = parent === null ? this.root : `${parent}/${baseOf(rel)}`;
     const perm = h.mode & 0o7777;
+    if (h.typeflag !== TYPE.file && h.typeflag !== TYPE.contiguous && !this.isNew(parent, path)) await this.drain();
     switch (h.typeflag) {
       case TYPE.file:
       case TYPE.contiguous: {
+        const fresh = this.isNew(parent, path);
+        if (fresh && this.concurrency > 1 && entry.dataSize <= PIPELINE_MAX) {
+          const parts: Buffer[] = [];
+          for await (const chunk of entry.chunks()) parts.push(chunk);
+          const data = parts.length === 1 ? parts[0]! : Buffer.concat(parts);
+          this.created.add(path);
+          this.unpacked.add(path);
+          await this.pipeline(path, rel, data, h);
+          return;
+        }
+        if (!fresh) await this.drain();
         const fd = this.openNew(path, rel);
         try {
           for await (const chunk of entry.chunks()) writeAll(fd, chunk);
@@ -193,12 +243,16 @@ class Applier {
         } else {
           try {
             mkdirSync(path, 0o700);
+            this.created.add(path);
+            this.freshDirs.add(path);
           } catch (err) {
             if (!isErrno(err, 'EEXIST')) throw err;
             const st = lstatSync(path);
             if (!st.isDirectory()) {
               this.removeExisting(path);
               mkdirSync(path, 0o700);
+              this.created.add(path);
+              this.freshDirs.add(path);
             }
           }
         }
@@ -245,6 +299,39 @@ class Applier {
           `unhandled tar entry type ${JSON.stringify(h.typeflag)} for ${h.name}`, { path: h.name });
     }
     this.unpacked.add(path);
+    this.created.add(path);
+  }
+
+  /** Write a new small file on the thread pool, at most `concurrency` at a time. */
+  private async pipeline(path: string, rel: string, data: Buffer, h: TarHeader): Promise<void> {
+    while (this.inflight.size >= this.concurrency) await Promise.race(this.inflight);
+    if (this.failure) await this.drain();
+    const task = (async () => {
+      let fh;
+      try {
+        fh = await openAsync(path, O_CREATE_FILE, 0o600);
+      } catch (err) {
+        throw wrapFsError(err, rel);
+      }
+      try {
+        let off = 0;
+        while (off < data.length) off += (await fh.write(data, off, data.length - off)).bytesWritten;
+        if (this.chown) await fh.chown(h.uid, h.gid);
+        await fh.chmod(h.mode & 0o7777);
+        this.xattrs(path, h);
+        await fh.utimes(h.atime ?? h.mtime, h.mtime);
+      } finally {
+        await fh.close();
+      }
+    })();
+    const tracked: Promise<void> = task.then(
+      () => { this.inflight.delete(tracked); },
+      (err: unknown) => {
+        this.inflight.delete(tracked);
+        this.failure ??= err;
+      },
+    );
+    this.inflight.add(tracked);
   }
 
   /** Docker refuses symlinks whose target, taken lexically from the link's directory, climbs out. */
@@ -336,7 +423,8 @@ class Applier {
    * entry may have replaced the directory (through another path aliasing it) with a symlink,
    * which must not be followed.
    */
-  finish(): void {
+  async finish(): Promise<void> {
+    await this.drain();
     for (const [path, atime, mtime] of this.dirTimes) {
       try {
         lutimesSync(path, atime, mtime);
@@ -345,6 +433,15 @@ class Applier {
       }
     }
   }
+}
+
+function mapError(err: unknown, name?: string): unknown {
+  if (isStrataError(err)) return err;
+  if (isErrno(err, 'ENOTDIR', 'ELOOP', 'ENAMETOOLONG')) {
+    const path = name ?? (err as NodeJS.ErrnoException).path ?? '';
+    return strataError('INVALID_ARCHIVE', `cannot apply ${path}: ${(err as Error).message}`, { path }, err);
+  }
+  return err;
 }
 
 function writeAll(fd: number, chunk: Buffer): void {
@@ -373,17 +470,14 @@ export async function applyLayerTar(target: string, tar: Readable, opts: ApplyOp
       try {
         await applier.entry(entry);
       } catch (err) {
-        if (isStrataError(err)) throw err;
-        if (isErrno(err, 'ENOTDIR', 'ELOOP', 'ENAMETOOLONG')) {
-          throw strataError('INVALID_ARCHIVE', `cannot apply ${entry.header.name}: ${(err as Error).message}`, { path: entry.header.name }, err);
-        }
-        throw err;
+        throw mapError(err, entry.header.name);
       }
     }
-    applier.finish();
+    await applier.finish();
   } catch (err) {
     if (!tar.destroyed) tar.destroy();
-    throw err;
+    await applier.drain().catch(() => undefined);
+    throw mapError(err);
   } finally {
     applier.cleanup();
   }

@@ -75,7 +75,7 @@ const MAX_HOPS = 40;
 export class RootResolver {
   private readonly cache = new Map<string, string>();
 
-  constructor(readonly root: string, private readonly opts: { create: boolean }) {
+  constructor(readonly root: string, private readonly opts: { create: boolean; onCreate?: (real: string) => void }) {
     this.cache.set('', root);
   }
 
@@ -108,6 +108,7 @@ export class RootResolver {
     if (!st) {
       if (!create) return null;
       mkdirSync(real, 0o755);
+      this.opts.onCreate?.(real);
       this.cache.set(rel, real);
       return real;
     }

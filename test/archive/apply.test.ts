@@ -232,6 +232,30 @@ describe('whiteouts', () => {
   });
 });
 
+describe('pipelined small files', () => {
+  it('gives the same tree one at a time and eight at a time', async () => {
+    const src = fresh('pipe-src');
+    richTree(src);
+    for (let i = 0; i < 300; i++) writeFileSync(`${src}/etc/f${i}`, `file ${i}\n`.repeat(i));
+    const tar = run('tar', ['--format=posix', '--xattrs', '--xattrs-include=*', '-cf', '-', '-C', src, '.']);
+    const one = fresh('pipe-1');
+    const eight = fresh('pipe-8');
+    await applyLayerTar(one, bufferStream(tar), { whiteouts: 'apply', concurrency: 1 });
+    await applyLayerTar(eight, bufferStream(tar), { whiteouts: 'apply', concurrency: 8 });
+    assert.deepEqual(snapshot(eight), snapshot(one));
+    assert.deepEqual(snapshot(eight), snapshot(src));
+  });
+
+  it("a file re-added after its overlay whiteout in the same layer replaces the 0/0 device", async (ctx) => {
+    if (!IS_ROOT) return ctx.skip('needs root (mknod)');
+    const upper = fresh('pipe-ovl');
+    await applyLayerTar(upper, bufferStream(buildTar([
+      { header: { name: '.wh.x' } }, { header: { name: 'x' }, data: 'back' },
+    ])), { whiteouts: 'overlay' });
+    assert.equal(readFileSync(`${upper}/x`, 'utf8'), 'back');
+  });
+});
+
 describe('entries over existing paths', () => {
   it('dir over dir merges attributes; other combinations replace', async () => {
     const target = fresh('over');
