@@ -1,4 +1,6 @@
-export { UnionFs, UnionDirent, createHousekeeping, type UnionOptions } from './union-fs.js';
+export { UnionFs, type UnionOptions } from './union-fs.js';
+export { UnionDirent } from './dirent.js';
+export { createHousekeeping } from './housekeeping.js';
 export {
   WHITEOUT_PREFIX, WHITEOUT_META_PREFIX, OPAQUE_MARKER, PLINK_DIR, AUFS_MARKER, ORPH_DIR,
   whiteoutName, whitedOutName, isReservedName, isMetaName, isHousekeeping,

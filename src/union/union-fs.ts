@@ -2,11 +2,13 @@ import * as fsp from 'node:fs/promises';
 import { createReadStream, type ReadStream, type Stats } from 'node:fs';
 import { join, resolve as resolvePath } from 'node:path';
 import { Branches, lstatOrNull, type Branch } from './branches.js';
+import { UnionDirent } from './dirent.js';
+import { createHousekeeping, WHITEOUT_MODE } from './housekeeping.js';
 import { CopyUp } from './copy-up.js';
 import { errnoError } from './errno.js';
 import { Resolver, type UnionNode } from './resolver.js';
 import { isWithin, joinRel, splitPath } from './path.js';
-import { AUFS_MARKER, OPAQUE_MARKER, ORPH_DIR, PLINK_DIR, isReservedName, lookupName, mergeListings, whiteoutName, type EntryType } from './whiteout.js';
+import { OPAQUE_MARKER, isReservedName, lookupName, mergeListings, whiteoutName, type EntryType } from './whiteout.js';
 
 export interface UnionOptions {
   /** Read-only layer directories, lowest first (as image layers stack). */
@@ -19,25 +21,6 @@ export interface UnionOptions {
    */
   housekeeping?: boolean;
 }
-
-/** `readdir(…, { withFileTypes: true })` entries. */
-export class UnionDirent {
-  constructor(
-    readonly name: string,
-    readonly parentPath: string,
-    private readonly type: EntryType,
-  ) {}
-  get path(): string {
-    return this.parentPath;
-  }
-  isFile(): boolean { return this.type === 'file'; }
-  isDirectory(): boolean { return this.type === 'dir'; }
-  isSymbolicLink(): boolean { return this.type === 'symlink'; }
-  isOther(): boolean { return this.type === 'other'; }
-}
-
-/** Mode for whiteouts: aufs' whiteout base `.wh..wh.aufs` is r--r--r--. */
-const WHITEOUT_MODE = 0o444;
 
 /**
  * A user-space union of directory branches in aufs' format, with a node:fs/promises-like API.
@@ -406,12 +389,4 @@ export class UnionFs {
     if (node.type === 'dir') throw errnoError('EISDIR', 'open', path);
     await fsp.truncate(await this.up.copyUp(node, len > 0), len);
   }
-}
-
-/** aufs' branch-root housekeeping: the whiteout base file, pseudo-link and orphan directories. */
-export async function createHousekeeping(branchRoot: string): Promise<void> {
-  const marker = join(branchRoot, AUFS_MARKER);
-  if ((await lstatOrNull(marker)) === null) await fsp.writeFile(marker, '', { mode: WHITEOUT_MODE });
-  await fsp.mkdir(join(branchRoot, PLINK_DIR), { recursive: true, mode: 0o700 });
-  await fsp.mkdir(join(branchRoot, ORPH_DIR), { recursive: true, mode: 0o700 });
 }
