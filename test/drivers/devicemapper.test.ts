@@ -4,4 +4,4 @@ import { createDevicemapperDriver, probeDevicemapper } from '../../src/drivers/d
 // small sizes keep the suite quick; the defaults (100G/2G/10G) are tested in devicemapper-pool.test.ts
 const options = { 'dm.basesize': '64M', 'dm.loopdatasize': '2G', 'dm.loopmetadatasize': '64M' };
 
-runDriverSuite('devicemapper', (root) => createDevicemapperDriver({ root, options }), { unavailable: probeDevicemapper, depth: 24 });
+runDriverSuite('devicemapper', (root) => createDevicemapperDriver({ root, options }), { unavailable: probeDevicemapper, depth: 16 });

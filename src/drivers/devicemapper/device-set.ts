@@ -27,7 +27,7 @@ export class DeviceSet {
     return withFileLock(this.lockPath, fn, { timeoutMs: 300_000 });
   }
 
-  private async poolTransactionId(): Promise<number> {
+  async poolTransactionId(): Promise<number> {
     return (await (await this.client()).status()).pool.transactionId;
   }
 
@@ -64,24 +64,21 @@ export class DeviceSet {
     return `rolled back transaction ${open!.open_transaction_id} (device ${r.deviceId}${r.deviceHash ? `, ${r.deviceHash}` : ', base'})`;
   }
 
-  /** Refuse a new device when the pool is short of free space (dm.min_free_space). */
-  private async checkFreeSpace(): Promise<void> {
-    const { pool } = await (await this.client()).status();
-    const refusal = minFreeSpaceRefusal(pool, this.options.minFreeSpacePercent);
-    if (refusal) throw strataError('POOL_NO_SPACE', `devicemapper: ${refusal}`, { minFreeSpace: `${this.options.minFreeSpacePercent}%` });
-  }
-
   /**
    * Create a device: `create_thin` (origin null) or `create_snap` of the origin's device.
    * `quiesce` wraps the pool message (the driver freezes a mounted origin there).
    */
   async create(hash: string, origin: DeviceInfo | null, size: number, quiesce: <T>(fn: () => Promise<T>) => Promise<T>): Promise<DeviceInfo> {
     if (await this.store.getDevice(hash)) throw strataError('LAYER_EXISTS', `layer ${hash} already exists`, { id: hash });
-    if (origin) await this.checkFreeSpace();
     const client = await this.client();
-    const used = new Set([...(await this.store.allDevices()).values()].map((d) => d.device_id));
+    const { pool } = await client.status();
+    // dm.min_free_space, as moby checks before each snapshot
+    const refusal = origin ? minFreeSpaceRefusal(pool, this.options.minFreeSpacePercent) : null;
+    if (refusal) throw strataError('POOL_NO_SPACE', `devicemapper: ${refusal}`, { minFreeSpace: `${this.options.minFreeSpacePercent}%` });
+    // ids in use are the pool's (a superset of the JSON's after recovery): no scan of every file
+    const used = new Set(await client.devices());
     const meta = await this.deviceSetMeta();
-    const poolId = await this.poolTransactionId();
+    const poolId = pool.transactionId;
     for (;;) {
       const id = allocateDeviceId(used, meta.next_device_id);
       if (id === null) throw strataError('POOL_NO_SPACE', 'devicemapper: every thin device id is in use');
@@ -94,7 +91,6 @@ export class DeviceSet {
         // nothing reached the pool: close the transaction again
         await this.store.putTransaction(openTransaction(poolId - 1, '', 0));
         if (isStrataError(err, 'DEVICE_EXISTS')) {
-          // an id the pool has but no JSON names (moby skips these the same way)
           used.add(id);
           meta.next_device_id = id;
           continue;
@@ -102,13 +98,13 @@ export class DeviceSet {
         throw err;
       }
       crashPoint('create:messaged');
-      meta.next_device_id = id;
-      await this.store.putDeviceSet(meta);
       const info: DeviceInfo = { device_id: id, size, transaction_id: txn.open_transaction_id, initialized: false, deleted: false };
       await this.store.putDevice(hash, info);
       crashPoint('create:registered');
       await client.message(`set_transaction_id ${poolId} ${txn.open_transaction_id}`);
       crashPoint('create:committed');
+      meta.next_device_id = id;
+      await this.store.putDeviceSet(meta, false);
       return info;
     }
   }
@@ -139,12 +135,14 @@ export class DeviceSet {
       }
       if (isStrataError(err, 'DEVICE_BUSY') && this.options.deferredDeletion) {
         if (!info.deleted) await this.store.putDevice(hash, { ...info, deleted: true });
+        await this.store.markDeferred(hash);
         return 'deferred';
       }
       throw err;
     }
     crashPoint('delete:messaged');
     await this.store.removeDevice(hash);
+    if (info.deleted) await this.store.unmarkDeferred(hash);
     crashPoint('delete:unregistered');
     await client.message(`set_transaction_id ${poolId} ${txn.open_transaction_id}`);
     crashPoint('delete:committed');
@@ -154,14 +152,16 @@ export class DeviceSet {
   /** Retry deferred deletions (moby runs this every 30 s; our processes are short, so on use). */
   async sweepDeferred(): Promise<number> {
     let left = 0;
-    for (const [hash, info] of await this.store.allDevices()) {
-      if (info.deleted && (await this.delete(hash, info)) === 'deferred') left++;
+    for (const hash of await this.store.deferred()) {
+      const info = await this.store.getDevice(hash);
+      if (!info || !info.deleted) await this.store.unmarkDeferred(hash);
+      else if ((await this.delete(hash, info)) === 'deferred') left++;
     }
     return left;
   }
 
   async deferredCount(): Promise<number> {
-    return [...(await this.store.allDevices()).values()].filter((d) => d.deleted).length;
+    return (await this.store.deferred()).length;
   }
 
   base(): Promise<DeviceInfo | null> {

@@ -1,4 +1,4 @@
-import { readFile, readdir, rm, mkdir } from 'node:fs/promises';
+import { readFile, readdir, rm, mkdir, writeFile, rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeFileAtomic, fsyncDir, isAtomicTemp } from '../../util/atomic.js';
 import { isErrno, strataError } from '../../errors.js';
@@ -98,8 +98,35 @@ export class DeviceStore {
     return readJson<DeviceSetMetadata>(join(this.dir, DEVICESET));
   }
 
-  async putDeviceSet(meta: DeviceSetMetadata): Promise<void> {
-    await writeFileAtomic(join(this.dir, DEVICESET), JSON.stringify(meta), 0o600);
+  /**
+   * `durable: false` for next_device_id updates: it is only where the round-robin resumes (ids
+   * in use come from the pool), so losing one to a crash costs nothing and saves two fsyncs.
+   */
+  async putDeviceSet(meta: DeviceSetMetadata, durable = true): Promise<void> {
+    const path = join(this.dir, DEVICESET);
+    if (durable) return writeFileAtomic(path, JSON.stringify(meta), 0o600);
+    const tmp = join(this.dir, `.tmp-${DEVICESET}-${process.pid}`);
+    await writeFile(tmp, JSON.stringify(meta), { mode: 0o600 });
+    await rename(tmp, path);
+  }
+
+  // Deferred deletions are indexed in `.deferred/`, so finding them never scans every device.
+  private deferredDir(): string {
+    return join(this.dir, '.deferred');
+  }
+
+  async markDeferred(hash: string): Promise<void> {
+    await mkdir(this.deferredDir(), { recursive: true, mode: 0o700 });
+    await writeFile(join(this.deferredDir(), deviceFileName(hash)), '');
+  }
+
+  async unmarkDeferred(hash: string): Promise<void> {
+    await rm(join(this.deferredDir(), deviceFileName(hash)), { force: true });
+  }
+
+  async deferred(): Promise<string[]> {
+    const names = await readdir(this.deferredDir()).catch(() => [] as string[]);
+    return names.map((n) => hashOfFile(n)).filter((h): h is string => h !== null);
   }
 
   getTransaction(): Promise<OpenTransaction | null> {
