@@ -108,7 +108,13 @@ export class CopyUp {
     const src = this.branches.real(node.branches[0] as number, node.rel);
     const stage = await this.stagingPath();
     await copyObject(src, await lstat(src), stage, false);
-    await rename(stage, dst);
+    try {
+      await rename(stage, dst);
+    } catch (err) {
+      // a concurrent copy-up of the same directory won the race (and may already hold entries)
+      if (!isErrno(err, 'EEXIST', 'ENOTEMPTY') || !(await lstat(dst)).isDirectory()) throw err;
+      await rm(stage, { recursive: true, force: true });
+    }
     node.branches = [top, ...node.branches];
     return dst;
   }

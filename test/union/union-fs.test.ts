@@ -239,3 +239,10 @@ test('copy-up of fifos and device nodes (root)', async (t) => {
   assert.ok((await fsp.lstat(join(top, 'pipe'))).isFIFO());
   assert.equal((await u.lstat('pipe')).uid, 7);
 });
+
+test('concurrent writes under one lower directory copy it up once', async (t) => {
+  const { u, top } = await stack(t, [[dir('a/b/c'), file('a/b/c/keep', 'k')]]);
+  await Promise.all(Array.from({ length: 16 }, (_, i) => u.writeFile(`a/b/c/f${i}`, String(i))));
+  assert.equal((await u.readdir('a/b/c')).length, 17);
+  assert.deepEqual(await fsp.readdir(join(top, '.wh..wh.orph')), [], 'no staging left behind');
+});
