@@ -164,12 +164,25 @@ export class MemoryBlockDevice implements BlockDevice {
       let data = this.pages.get(page);
       if (this.loseUnflushed && !this.unflushed.has(page)) this.unflushed.set(page, data ? Buffer.from(data) : undefined);
       if (!data) {
-        data = Buffer.alloc(PAGE);
+        data = this.newPage();
         this.pages.set(page, data);
       }
       buf.copy(data, within, done, done + n);
       done += n;
     }
+  }
+
+  private slab = Buffer.alloc(0);
+  private slabUsed = 0;
+
+  /** Zeroed pages carved from 1 MiB slabs: one allocation per 256 pages keeps big tests fast. */
+  private newPage(): Buffer {
+    if (this.slabUsed === this.slab.length) {
+      this.slab = Buffer.alloc(256 * PAGE);
+      this.slabUsed = 0;
+    }
+    this.slabUsed += PAGE;
+    return this.slab.subarray(this.slabUsed - PAGE, this.slabUsed);
   }
 
   async flush(): Promise<void> {
