@@ -48,6 +48,7 @@ export interface NbdExport {
 
   /** Fill `buf` from `offset` (the range is inside the export). */
   read(buf: Buffer, offset: number): Promise<void>;
+  /** `buf` is the server's (reused for later requests): copy what must outlive the promise. */
   write(buf: Buffer, offset: number, options: WriteOptions): Promise<void>;
   flush(): Promise<void>;
   /** Discard: a hint; contents are undefined until rewritten. Absent: TRIM not advertised. */

@@ -1,23 +1,36 @@
 /**
- * Exact-length reads from a socket in paused mode: `read(n)` resolves with exactly n bytes, or
- * rejects once the peer has gone. Data stays in the socket's own buffer until asked for, so a
- * slow consumer pushes back on the client through TCP/unix flow control.
+ * Exact-length reads from a socket: `read(n)` resolves with exactly n bytes, or rejects once the
+ * peer has gone. Chunks are kept as the socket delivered them; a read inside one chunk is a
+ * zero-copy view, a read spanning chunks is copied into the caller's buffer (a pooled one for
+ * WRITE payloads, which avoids a fresh 256 KiB allocation per request). Past `highWater` buffered
+ * bytes the socket is paused, which pushes back on the client through flow control.
  */
 import type { Socket } from 'node:net';
 import { strataError } from '../errors.js';
 
 export class SocketReader {
+  private readonly chunks: Buffer[] = [];
+  private buffered = 0;
   private ended = false;
   private aborted = false;
+  private paused = false;
   private wake: (() => void) | undefined;
 
-  constructor(private readonly socket: Socket) {
+  constructor(private readonly socket: Socket, private readonly highWater = 8 * 1024 * 1024) {
     const rouse = (): void => {
       const w = this.wake;
       this.wake = undefined;
       w?.();
     };
-    socket.on('readable', rouse);
+    socket.on('data', (chunk: Buffer) => {
+      this.chunks.push(chunk);
+      this.buffered += chunk.length;
+      if (this.buffered >= this.highWater && !this.paused) {
+        this.paused = true;
+        socket.pause();
+      }
+      rouse();
+    });
     const finish = (): void => {
       this.ended = true;
       rouse();
@@ -40,17 +53,16 @@ export class SocketReader {
     w?.();
   }
 
-  async read(n: number): Promise<Buffer> {
-    if (n === 0) return Buffer.alloc(0);
+  /** n bytes; copied into `into` (its first n bytes) when given. */
+  async read(n: number, into?: Buffer): Promise<Buffer> {
     for (;;) {
       if (this.aborted) throw strataError('PROTOCOL_ERROR', 'connection is shutting down', { eof: true });
-      const chunk = this.socket.read(n) as Buffer | null;
-      if (chunk !== null) {
-        if (chunk.length < n) throw strataError('PROTOCOL_ERROR', 'peer closed mid-message');
-        return chunk;
-      }
-      if (this.ended || this.socket.readableEnded || this.socket.destroyed) {
-        throw strataError('PROTOCOL_ERROR', 'peer closed the connection', { eof: true });
+      if (this.buffered >= n) return this.take(n, into);
+      if (this.ended) throw strataError('PROTOCOL_ERROR', this.buffered > 0 ? 'peer closed mid-message' : 'peer closed the connection', { eof: true });
+      if (this.paused) {
+        // asked for more than we hold: we must read on whatever the limit says
+        this.paused = false;
+        this.socket.resume();
       }
       await new Promise<void>((resolve) => { this.wake = resolve; });
     }
@@ -64,5 +76,34 @@ export class SocketReader {
       await this.read(len);
       n -= len;
     }
+  }
+
+  private take(n: number, into: Buffer | undefined): Buffer {
+    const first = this.chunks[0];
+    let out: Buffer;
+    if (n === 0) {
+      out = into ? into.subarray(0, 0) : Buffer.alloc(0);
+    } else if (!into && first && first.length >= n) {
+      out = first.subarray(0, n);
+      if (first.length === n) this.chunks.shift();
+      else this.chunks[0] = first.subarray(n);
+    } else {
+      out = into ? into.subarray(0, n) : Buffer.allocUnsafe(n);
+      let filled = 0;
+      while (filled < n) {
+        const c = this.chunks[0]!;
+        const len = Math.min(c.length, n - filled);
+        c.copy(out, filled, 0, len);
+        filled += len;
+        if (len === c.length) this.chunks.shift();
+        else this.chunks[0] = c.subarray(len);
+      }
+    }
+    this.buffered -= n;
+    if (this.paused && this.buffered < this.highWater / 2) {
+      this.paused = false;
+      this.socket.resume();
+    }
+    return out;
   }
 }

@@ -70,6 +70,8 @@ export async function serveTransmission(
   const run = async (req: Request, payload: Buffer | undefined): Promise<void> => {
     try {
       await execute(exp, req, payload, neg, { send, sendData, pool });
+      // exports must not hold on to a WRITE payload once they have answered (see NbdExport)
+      if (payload) pool.put(payload);
     } catch (err) {
       hooks.onRequestError?.(err, req);
       const fastZero = (req.flags & CMD_FLAG.FAST_ZERO) !== 0;
@@ -114,7 +116,7 @@ export async function serveTransmission(
           sendError(req, NBD_ERR.EINVAL, `write of ${req.length} bytes exceeds ${maxPayload}`);
           continue;
         }
-        payload = await reader.read(req.length);
+        payload = await reader.read(req.length, pool.get(req.length));
       }
       if (req.type === CMD.DISC) break;
       const errno = checkRequest(req, ctx);

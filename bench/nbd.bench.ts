@@ -1,0 +1,152 @@
+// NBD throughput: nbdcopy writing into and reading from our server (serving a file, and a thin
+// device through the active-devices service) next to `nbdkit file` serving the same kind of file,
+// measured in the same run, rounds interleaved so background load hits both alike.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, rm, open, writeFile, truncate } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { performance } from 'node:perf_hooks';
+import { MapperRegistry } from '../src/thin/mapper.js';
+import { dmCreate, dmMessage } from '../src/thin/dmsetup.js';
+import { ensureService, stopService } from '../src/nbd/service-client.js';
+import { servicePaths } from '../src/nbd/service-paths.js';
+
+const MiB = 1024 * 1024;
+const SIZE = 512 * MiB;
+const ROUNDS = 3;
+
+function exec(cmd: string, args: string[]): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    child.stderr.on('data', (d: Buffer) => { err += d.toString(); });
+    child.on('error', reject);
+    child.on('close', (code) => (code === 0 ? resolve() : reject(new Error(`${cmd} ${args.join(' ')}: ${code} ${err}`))));
+  });
+}
+
+async function timed(cmd: string, args: string[]): Promise<number> {
+  const t0 = performance.now();
+  await exec(cmd, args);
+  return (performance.now() - t0) / 1000;
+}
+
+/** Start a server process and resolve once its socket accepts (`ready` line or pidfile). */
+async function startOurs(file: string, sock: string): Promise<ChildProcess> {
+  const entry = fileURLToPath(new URL('../src/nbd/serve-main.ts', import.meta.url));
+  const child = spawn(process.execPath, ['--import', import.meta.resolve('tsx'), entry, file, sock], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+    env: { ...process.env, UV_THREADPOOL_SIZE: '16' },
+  });
+  await new Promise<void>((resolve, reject) => {
+    child.stdout?.on('data', (d: Buffer) => { if (d.toString().includes('ready')) resolve(); });
+    child.once('exit', (code) => reject(new Error(`serve-main exited ${code}`)));
+  });
+  return child;
+}
+
+async function startNbdkit(file: string, sock: string, pidfile: string): Promise<void> {
+  await exec('nbdkit', ['-U', sock, '-P', pidfile, 'file', file]);
+}
+
+async function stop(child: ChildProcess): Promise<void> {
+  const done = new Promise((r) => child.once('exit', r));
+  child.kill('SIGTERM');
+  await done;
+}
+
+async function killPidfile(pidfile: string): Promise<void> {
+  const { readFile } = await import('node:fs/promises');
+  const pid = Number((await readFile(pidfile, 'utf8')).trim());
+  process.kill(pid, 'SIGTERM');
+  for (let i = 0; i < 100; i++) {
+    try {
+      process.kill(pid, 0);
+    } catch {
+      return;
+    }
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+async function freshSparse(path: string): Promise<void> {
+  await writeFile(path, '');
+  await truncate(path, SIZE);
+}
+
+const uri = (sock: string): string => `nbd+unix:///?socket=${sock}`;
+const rate = (seconds: number): number => SIZE / MiB / seconds;
+const best = (xs: number[]): number => Math.min(...xs);
+const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+
+export async function run(): Promise<void> {
+  const dir = await mkdtemp(join(tmpdir(), 'strata-bench-nbd-'));
+  try {
+    const src = join(dir, 'src.img');
+    const h = await open(src, 'w');
+    for (let pos = 0; pos < SIZE; pos += 16 * MiB) await h.write(randomBytes(16 * MiB), 0, 16 * MiB, pos);
+    await h.close();
+    const times = { oursW: [] as number[], oursR: [] as number[], kitW: [] as number[], kitR: [] as number[] };
+    for (let round = 0; round < ROUNDS; round++) {
+      // ours: write the source into a fresh sparse file, then read it all back
+      const dstO = join(dir, 'ours.img');
+      await freshSparse(dstO);
+      const sockO = join(dir, 'ours.sock');
+      const ours = await startOurs(dstO, sockO);
+      times.oursW.push(await timed('nbdcopy', [src, uri(sockO)]));
+      times.oursR.push(await timed('nbdcopy', [uri(sockO), 'null:']));
+      await stop(ours);
+      await rm(dstO);
+      // nbdkit file, same steps
+      const dstK = join(dir, 'kit.img');
+      await freshSparse(dstK);
+      const sockK = join(dir, 'kit.sock');
+      const pidK = join(dir, 'kit.pid');
+      await startNbdkit(dstK, sockK, pidK);
+      times.kitW.push(await timed('nbdcopy', [src, uri(sockK)]));
+      times.kitR.push(await timed('nbdcopy', [uri(sockK), 'null:']));
+      await killPidfile(pidK);
+      await rm(dstK);
+      await rm(sockK, { force: true });
+    }
+
+    // a thin device served by the active-devices service (64 KiB blocks)
+    const root = join(dir, 'root');
+    const reg = new MapperRegistry(root);
+    const meta = join(dir, 'meta');
+    const data = join(dir, 'data');
+    await writeFile(meta, '');
+    await truncate(meta, 32 * MiB);
+    await writeFile(data, '');
+    await truncate(data, SIZE + 64 * MiB);
+    await dmCreate(reg, 'pool', `0 ${(SIZE + 64 * MiB) / 512} thin-pool ${meta} ${data} 128 16`);
+    await dmMessage(reg, 'pool', '0', 'create_thin 0');
+    await dmCreate(reg, 'thin0', `0 ${SIZE / 512} thin pool 0`);
+    await ensureService(root);
+    let thinW: number;
+    let thinR: number;
+    try {
+      const sockT = servicePaths(root).device('thin0');
+      thinW = await timed('nbdcopy', [src, uri(sockT)]);
+      thinR = await timed('nbdcopy', [uri(sockT), 'null:']);
+    } finally {
+      await stopService(root);
+    }
+
+    const row = (label: string, xs: number[], base: number[]): string => {
+      const ratio = rate(best(xs)) / rate(best(base));
+      return `${label.padEnd(34)} best ${rate(best(xs)).toFixed(0).padStart(5)} MiB/s  median ${rate(median(xs)).toFixed(0).padStart(5)} MiB/s  ratio ${ratio.toFixed(2)}`;
+    };
+    console.log(`nbdcopy, ${SIZE / MiB} MiB of random data, unix socket, ${ROUNDS} interleaved rounds (best / median)`);
+    console.log(row('write: nbdkit file (baseline)', times.kitW, times.kitW));
+    console.log(row('write: strata file export', times.oursW, times.kitW));
+    console.log(row('write: strata thin device (1 run)', [thinW], times.kitW));
+    console.log(row('read:  nbdkit file (baseline)', times.kitR, times.kitR));
+    console.log(row('read:  strata file export', times.oursR, times.kitR));
+    console.log(row('read:  strata thin device (1 run)', [thinR], times.kitR));
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
