@@ -1,9 +1,12 @@
 import type { BlockDevice } from './block-device.js';
 import { TransactionManager } from './transaction-manager.js';
 import { SpaceMap } from './space-map.js';
-import { BLOCK_SIZE, MAX_DATA_BLOCKS, MAX_DEV_ID, MAX_METADATA_BLOCKS, NEEDS_CHECK_FLAG, THIN_VERSION, TIME_MASK } from './format/constants.js';
+import { BLOCK_SIZE, MAX_DATA_BLOCKS, MAX_DEV_ID, MAX_METADATA_BLOCKS, NEEDS_CHECK_FLAG, THIN_VERSION } from './format/constants.js';
+
+export { packBlockTime, unpackBlockTime, type DeviceDetails, type Mapping };
 import { isZeroBlock, packSuperblock, unpackSuperblock, type SmRoot, type Superblock } from './format/superblock.js';
 import { readU64, writeU64 } from './format/int.js';
+import { packBlockTime, packDetails, unpackBlockTime, unpackDetails, type DeviceDetails, type Mapping } from './format/mapping.js';
 import { deleteTree, emptyTree, insert, lastKey, lookup, remove, updateValue, walkRange, type ValueType } from './btree.js';
 import {
   loadDataSpaceMap, loadMetadataSpaceMap, newSmLocation, storeDataSpaceMap, storeMetadataSpaceMap, type SmLocation,
@@ -17,41 +20,6 @@ import { strataError } from '../errors.js';
  * Not safe for concurrent calls; the Pool serialises access.
  */
 
-/** struct disk_device_details. */
-export interface DeviceDetails {
-  mappedBlocks: number;
-  transactionId: number;
-  creationTime: number;
-  snapshottedTime: number;
-}
-
-export interface Mapping {
-  block: number;
-  time: number;
-}
-
-/** block_time packing: data block in the high 40 bits, time in the low 24. */
-export function packBlockTime(block: number, time: number, buf = Buffer.alloc(8)): Buffer {
-  buf.writeUInt32LE((((block % 256) << 24) | (time & TIME_MASK)) >>> 0, 0);
-  buf.writeUInt32LE(Math.floor(block / 256), 4);
-  return buf;
-}
-export function unpackBlockTime(v: Buffer): Mapping {
-  const lo = v.readUInt32LE(0);
-  return { block: v.readUInt32LE(4) * 256 + (lo >>> 24), time: lo & TIME_MASK };
-}
-
-function packDetails(d: DeviceDetails): Buffer {
-  const buf = Buffer.alloc(24);
-  writeU64(buf, 0, d.mappedBlocks);
-  writeU64(buf, 8, d.transactionId);
-  buf.writeUInt32LE(d.creationTime >>> 0, 16);
-  buf.writeUInt32LE(d.snapshottedTime >>> 0, 20);
-  return buf;
-}
-function unpackDetails(v: Buffer): DeviceDetails {
-  return { mappedBlocks: readU64(v, 0), transactionId: readU64(v, 8), creationTime: v.readUInt32LE(16), snapshottedTime: v.readUInt32LE(20) };
-}
 const u64 = (n: number): Buffer => {
   const b = Buffer.alloc(8);
   writeU64(b, 0, n);

@@ -7,6 +7,7 @@ import { initNode } from '../../src/thin/format/node.js';
 import { isStrataError } from '../../src/errors.js';
 import { memPool, checkDevice } from './helpers.js';
 import { ThinMetadata } from '../../src/thin/metadata.js';
+import { packBlockTime, unpackBlockTime } from '../../src/thin/format/mapping.js';
 
 test('checksum matches the kernel (empty leaf test vector from the format note)', () => {
   const b = Buffer.alloc(4096);
@@ -63,4 +64,12 @@ test('space maps round-trip through disk, including counts above 2 (ref-count tr
   const report = await checkDevice(meta);
   assert.deepEqual(report.issues, []);
   assert.equal(report.mappings, 16, 'the shared subtree is walked once');
+});
+
+test('block_time packs a 40-bit data block over a 24-bit time', () => {
+  for (const [block, time] of [[0, 0], [1, 0xffffff], [0x12_3456_789a, 5], [2 ** 40 - 1, 77]] as const) {
+    const v = packBlockTime(block, time);
+    assert.equal(v.readBigUInt64LE(0), (BigInt(block) << 24n) | BigInt(time));
+    assert.deepEqual(unpackBlockTime(v), { block, time });
+  }
 });
