@@ -70,6 +70,24 @@ describe('tar-split records', () => {
     ]);
   });
 
+  it('records a PAX global header as an entry of its own, its padding in the next segment (as Go)', async () => {
+    const { rawFileBlocks } = await import('../../src/archive/index.js');
+    const g = rawFileBlocks('pax_global_header', 'g', Buffer.from('20 comment=globally\n'));
+    const tar = Buffer.concat([g, encodeHeader({ name: 'f', size: 2 }), Buffer.from('hi'), Buffer.alloc(510 + 1024)]);
+    const { json, gz } = await record(tar);
+    const lines = json.trim().split('\n').map((l) => decodeTarSplitEntry(l));
+    assert.deepEqual(lines.map((e) => [e.type, e.name ?? '', e.size ?? 0, e.payload?.length ?? null]), [
+      [2, '', 0, 512 + 20], [1, 'pax_global_header', 0, null], [2, '', 0, 492 + 512], [1, 'f', 2, 8], [2, '', 0, 510 + 1024], [2, '', 0, 0],
+    ]);
+    const t = tempDir();
+    try {
+      writeFileSync(`${t.dir}/f`, 'hi');
+      assert.equal(sha256(await assemble(gz, t.dir)), sha256(tar));
+    } finally {
+      t.cleanup();
+    }
+  });
+
   it('rejects duplicate cleaned paths (DUPLICATE_PATH), as Docker does', async () => {
     const tar = buildTar([{ header: { name: 'a.txt' }, data: 'x' }, { header: { name: './a.txt' }, data: 'y' }]);
     assert.equal(await errorCode(record(tar)), 'DUPLICATE_PATH');

@@ -327,18 +327,22 @@ export async function* readTar(
             throw strataError('INVALID_ARCHIVE',
               `tar archive: ${flag === TYPE.paxHeader || flag === TYPE.paxGlobal ? 'PAX header' : 'GNU long name'} of ${header.size} bytes exceeds the 1 MiB limit`);
           }
+          if (flag === TYPE.paxGlobal) {
+            // returned as an entry of its own; its padding opens the next segment, as in Go
+            if (!(await src.need(header.size))) throw truncated('a PAX global header');
+            const data = Buffer.from(src.take(header.size));
+            raw.push(data);
+            const records = parsePaxRecords(data);
+            const g: TarHeader = { ...header, size: 0, pax: records, format: 'pax' };
+            pad = blockPadding(header.size);
+            yield new Entry(src, g, Buffer.concat(raw), 0);
+            break;
+          }
           const total = header.size + blockPadding(header.size);
           if (!(await src.need(total))) throw truncated('a metadata header');
           const data = Buffer.from(src.take(header.size));
           raw.push(data);
           if (total > header.size) raw.push(src.take(total - header.size));
-          if (flag === TYPE.paxGlobal) {
-            const records = parsePaxRecords(data);
-            const g: TarHeader = { ...header, size: 0, pax: records, format: 'pax' };
-            const entry = new Entry(src, g, Buffer.concat(raw), 0);
-            yield entry;
-            break;
-          }
           if (flag === TYPE.paxHeader) paxRecords = parsePaxRecords(data);
           else if (flag === TYPE.gnuLongName) longName = Buffer.from(cString(data));
           else longLink = Buffer.from(cString(data));
