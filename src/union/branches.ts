@@ -2,7 +2,8 @@ import { lstat, readdir } from 'node:fs/promises';
 import type { Dirent, Stats } from 'node:fs';
 import { join } from 'node:path';
 import { isErrno } from '../errors.js';
-import { classifyEntries, whiteoutName, OPAQUE_MARKER, type DirListing, type EntryType, type Probe } from './whiteout.js';
+import { getXattr } from '../util/xattr.js';
+import { classifyEntries, classifyOverlayEntries, whiteoutName, OPAQUE_MARKER, type DirListing, type EntryType, type Probe, type WhiteoutFormat } from './whiteout.js';
 
 export interface Branch {
   /** Absolute directory of this branch. */
@@ -38,7 +39,11 @@ export class Branches {
   readonly top: number;
   private readonly cache = new Map<string, DirListing | null>();
 
-  constructor(list: readonly Branch[]) {
+  constructor(
+    list: readonly Branch[],
+    /** Whiteout convention of the read-only branches (the writable one is always aufs'). */
+    private readonly format: WhiteoutFormat = 'aufs',
+  ) {
     this.list = list;
     this.top = list[0]?.writable ? 0 : -1;
   }
@@ -62,13 +67,21 @@ export class Branches {
 
   private async readListing(branch: number, rel: string): Promise<DirListing | null> {
     let dirents: Dirent[];
+    const dir = this.real(branch, rel);
     try {
-      dirents = await readdir(this.real(branch, rel), { withFileTypes: true });
+      dirents = await readdir(dir, { withFileTypes: true });
     } catch (err) {
       if (isErrno(err, 'ENOENT', 'ENOTDIR')) return null;
       throw err;
     }
-    return classifyEntries(dirents.map((d) => [d.name, entryTypeOf(d)] as const));
+    if (this.format === 'aufs' || branch === this.top) return classifyEntries(dirents.map((d) => [d.name, entryTypeOf(d)] as const));
+    const raw: Array<[string, EntryType, boolean]> = [];
+    for (const d of dirents) {
+      // only character devices need the extra lstat (a whiteout is the 0/0 one)
+      const whiteout = d.isCharacterDevice() && (await lstat(join(dir, d.name))).rdev === 0;
+      raw.push([d.name, entryTypeOf(d), whiteout]);
+    }
+    return classifyOverlayEntries(raw, (await getXattr(dir, 'trusted.overlay.opaque'))?.toString() === 'y');
   }
 
   async probe(branch: number, dirRel: string, name: string): Promise<Probe> {

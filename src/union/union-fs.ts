@@ -8,7 +8,7 @@ import { CopyUp } from './copy-up.js';
 import { errnoError } from './errno.js';
 import { Resolver, type UnionNode } from './resolver.js';
 import { isWithin, joinRel, splitPath } from './path.js';
-import { OPAQUE_MARKER, isReservedName, lookupName, mergeListings, whiteoutName, type EntryType } from './whiteout.js';
+import { OPAQUE_MARKER, isReservedName, lookupName, mergeListings, whiteoutName, type EntryType, type WhiteoutFormat } from './whiteout.js';
 
 export interface UnionOptions {
   /** Read-only layer directories, lowest first (as image layers stack). */
@@ -20,6 +20,12 @@ export interface UnionOptions {
    * writable branch's root when opening, as aufs does at mount. Default true.
    */
   housekeeping?: boolean;
+  /**
+   * Whiteout convention of the read-only layers: aufs' (default) or OverlayFS' (0/0 devices,
+   * `trusted.overlay.opaque`), e.g. to read overlay2 diff directories. A writable top is always
+   * written in aufs' convention, so it is only allowed with 'aufs' layers.
+   */
+  format?: WhiteoutFormat;
 }
 
 /**
@@ -39,7 +45,8 @@ export class UnionFs {
     if (options.top !== undefined) list.push({ root: resolvePath(options.top), writable: true });
     for (const lower of [...options.lowers].reverse()) list.push({ root: resolvePath(lower), writable: false });
     if (list.length === 0) throw errnoError('EINVAL', 'open', '/');
-    const branches = new Branches(list);
+    if (options.format === 'overlay' && options.top !== undefined) throw errnoError('EINVAL', 'open', options.top);
+    const branches = new Branches(list, options.format ?? 'aufs');
     if (options.top !== undefined && options.housekeeping !== false) await createHousekeeping(list[0]!.root);
     // the root merges every branch down to the first one whose root is opaque
     const rootBranches: number[] = [];

@@ -20,6 +20,9 @@ export const ORPH_DIR = '.wh..wh.orph';
 
 export type EntryType = 'file' | 'dir' | 'symlink' | 'other';
 
+/** How a layer directory records deletions: aufs' `.wh.` files, or OverlayFS' devices and xattrs. */
+export type WhiteoutFormat = 'aufs' | 'overlay';
+
 export function whiteoutName(name: string): string {
   return WHITEOUT_PREFIX + name;
 }
@@ -62,6 +65,21 @@ export function classifyEntries(raw: Iterable<readonly [string, EntryType]>): Di
       const hidden = whitedOutName(name);
       if (hidden !== null) listing.whiteouts.add(hidden);
     } else listing.entries.set(name, type);
+  }
+  return listing;
+}
+
+/**
+ * The same for a directory in OverlayFS' format (overlay2 diff dirs): a whiteout is a 0/0
+ * character device named after the victim, opacity is the `trusted.overlay.opaque=y` xattr of
+ * the directory (kernel Documentation/filesystems/overlayfs.rst, "whiteouts and opaque
+ * directories"). `.wh.` names mean nothing special there but are still hidden, as in aufs.
+ */
+export function classifyOverlayEntries(raw: Iterable<readonly [string, EntryType, boolean]>, opaque: boolean): DirListing {
+  const listing: DirListing = { entries: new Map(), whiteouts: new Set(), opaque };
+  for (const [name, type, isWhiteoutDevice] of raw) {
+    if (isWhiteoutDevice) listing.whiteouts.add(name);
+    else if (!isReservedName(name)) listing.entries.set(name, type);
   }
   return listing;
 }

@@ -2,7 +2,8 @@
 // (aufs whiteouts for the engine, overlay's 0/0 char devices and trusted.overlay.opaque for the
 // kernel), the same random operation sequence applied to both, then the merged trees compared
 // after every operation and the two writable layers compared at the end after converting
-// overlay's whiteout format to aufs'.
+// overlay's whiteout format to aufs'. At the end the engine also reads the kernel's own layers
+// (format: 'overlay') and must show the same tree as the mount.
 //
 // Generator restrictions, each with its reason:
 // - symlink targets are relative and only descend (`a`, `a/b`), so even after a rename moves the
@@ -280,6 +281,9 @@ test('union engine matches kernel OverlayFS on random layers and operations', as
         }
         assert.deepEqual(await snapshot(u, '/'), await snapshot(fsp, mnt, skipHousekeeping), `seed ${seed} op ${i}: merged trees differ after ${JSON.stringify(o)}\n${log.join('\n')}\nbefore:\n${before.join('\n')}`);
       }
+      // the engine also reads OverlayFS' own format: the kernel's layers, upper included
+      const overlayView = await UnionFs.open({ lowers: [...ovlLowers, join(base, 'upper')], format: 'overlay' });
+      assert.deepEqual(await snapshot(overlayView, '/'), await snapshot(fsp, mnt, skipHousekeeping), `seed ${seed}: overlay-format view differs`);
       await run('umount', [mnt]);
       mounted = false;
       assert.deepEqual(await layerLines(join(base, 'top'), 'aufs'), await layerLines(join(base, 'upper'), 'overlay'), `seed ${seed}: writable layers differ\n${log.join('\n')}`);

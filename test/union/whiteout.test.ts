@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  classifyEntries, mergeListings, lookupName, whitedOutName, isHousekeeping,
+  classifyEntries, classifyOverlayEntries, mergeListings, lookupName, whitedOutName, isHousekeeping,
   type DirListing, type EntryType, type Probe,
 } from '../../src/union/index.js';
 
@@ -80,4 +80,11 @@ test('lookupName only visits the branches where the parent exists', async () => 
   const p = probes([{ type: 'file' }, { type: 'file' }, { type: 'file' }]);
   assert.deepEqual(await lookupName([2], p.probe, p.opaque), { type: 'file', branches: [2] });
   assert.deepEqual(p.calls, [2]);
+});
+
+test('classifyOverlayEntries: 0/0 devices are whiteouts, opacity comes from the caller (xattr)', () => {
+  const l = classifyOverlayEntries([['a', 'file', false], ['gone', 'other', true], ['null', 'other', false], ['.wh.x', 'file', false]], true);
+  assert.deepEqual([...l.entries], [['a', 'file'], ['null', 'other']]);
+  assert.deepEqual([...l.whiteouts], ['gone']);
+  assert.equal(l.opaque, true);
 });
