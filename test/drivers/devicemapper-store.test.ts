@@ -13,6 +13,10 @@ import { DevicemapperDriver, probeDevicemapper } from '../../src/drivers/devicem
 import { isStrataError } from '../../src/errors.js';
 import { dir, file, layerTar, tempDir } from '../helpers/fstest.js';
 import { run } from '../../src/drivers/devicemapper/exec.js';
+import { PoolClient } from '../../src/drivers/devicemapper/pool-client.js';
+import { detachBlockDevice } from '../../src/drivers/devicemapper/block-attach.js';
+
+const sh = run;
 
 const small = { 'dm.basesize': '64M', 'dm.loopdatasize': '2G', 'dm.loopmetadatasize': '64M' };
 const MB = 1024 ** 2;
@@ -33,6 +37,20 @@ async function poolMappings(metadataFile: string): Promise<Map<number, Set<numbe
   return out;
 }
 
+/** Whatever a failed case left: mounts, loop devices, nbdfuse files, the pool service. */
+async function forceCleanup(root: string): Promise<void> {
+  const mountinfo = await readFile('/proc/self/mountinfo', 'utf8');
+  const mounts = mountinfo.split('\n').map((l) => l.split(' ')[4] ?? '').filter((m) => m.startsWith(`${root}/`));
+  for (const m of mounts.sort().reverse()) await run('umount', ['-l', m]).catch(() => undefined);
+  const devDir = join(root, 'devicemapper/run/dev');
+  for (const name of await readdir(devDir).catch(() => [] as string[])) {
+    if (!name.endsWith('.pid')) await detachBlockDevice(join(devDir, name)).catch(() => undefined);
+  }
+  const client = await PoolClient.connectExisting({ runDir: join(root, 'devicemapper/run'), metadataPath: '', dataPath: '', blockSectors: 128, idleMs: 0 });
+  await client?.request({ op: 'shutdown', force: true }).catch(() => undefined);
+  client?.close();
+}
+
 const shared = (a: Set<number>, b: Set<number>): number => [...a].filter((x) => b.has(x)).length;
 
 describe('devicemapper under the layer store, and its options', () => {
@@ -48,9 +66,7 @@ describe('devicemapper under the layer store, and its options', () => {
       try {
         await fn(root);
       } finally {
-        // whatever the case left open: unmount, stop the service, then remove the root
-        const d = await DevicemapperDriver.open({ root, options: small }).catch(() => null);
-        await d?.cleanup().catch(() => undefined);
+        await forceCleanup(root);
         await rm(root, { recursive: true, force: true });
       }
     });
@@ -150,6 +166,25 @@ describe('devicemapper under the layer store, and its options', () => {
     await d.create('x', null);
     assert.ok(await d.exists('x'));
     await d.cleanup();
+  });
+
+  test('dm.datadev and dm.metadatadev: the pool on files the caller made, with dm.blocksize', async (root) => {
+    const data = join(root, 'my-data');
+    const meta = join(root, 'my-meta');
+    await sh('truncate', ['-s', '1G', data]);
+    await sh('truncate', ['-s', '32M', meta]);
+    const opts = { 'dm.basesize': '64M', 'dm.datadev': data, 'dm.metadatadev': meta, 'dm.blocksize': '128K' };
+    const d = await DevicemapperDriver.open({ root, options: opts });
+    assert.equal(d.options.blkDiscard, false, 'not discarded unless asked, as moby');
+    await d.create('l', null);
+    const s = new Map(await d.status());
+    assert.equal(s.get('Data file'), data);
+    assert.equal(s.get('Metadata file'), meta);
+    assert.equal(s.has('Data loop file'), false);
+    assert.equal(s.get('Pool Blocksize'), '131.1kB');
+    await assert.rejects(stat(join(root, 'devicemapper/devicemapper/data')));
+    await d.cleanup();
+    await run('thin_check', [meta]);
   });
 
   test('dm.min_free_space refuses a new device once the pool is that full, and says why', async (root) => {
