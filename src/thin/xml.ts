@@ -20,6 +20,8 @@ export interface XmlSuperblock {
   metadataSnap?: number;
 }
 
+const BATCH = 8192;
+
 /** Stream the metadata as XML through `out` (called with chunks, in order). */
 export async function dumpXml(md: ThinMetadata, out: (chunk: string) => void | Promise<void>): Promise<void> {
   const sb = md.superblock;
@@ -29,30 +31,31 @@ export async function dumpXml(md: ThinMetadata, out: (chunk: string) => void | P
     const d = md.details.get(id)!;
     await out(`  <device dev_id="${id}" mapped_blocks="${d.mappedBlocks}" transaction="${d.transactionId}" ` +
       `creation_time="${d.creationTime}" snap_time="${d.snapshottedTime}">\n`);
-    let lines: string[] = [];
     let run: { v: number; d: number; len: number; t: number } | null = null;
-    const emit = (): void => {
-      if (!run) return;
-      lines.push(run.len === 1
-        ? `    <single_mapping origin_block="${run.v}" data_block="${run.d}" time="${run.t}"/>\n`
-        : `    <range_mapping origin_begin="${run.v}" data_begin="${run.d}" length="${run.len}" time="${run.t}"/>\n`);
-    };
-    const pending: string[][] = [];
-    await md.mappingsInRange(id, 0, Infinity, (vb, m) => {
-      if (run && vb === run.v + run.len && m.block === run.d + run.len && m.time === run.t) {
-        run.len++;
-        return;
-      }
-      emit();
-      run = { v: vb, d: m.block, len: 1, t: m.time };
-      if (lines.length >= 4096) {
-        pending.push(lines);
-        lines = [];
-      }
-    });
-    emit();
-    pending.push(lines);
-    for (const chunk of pending) if (chunk.length) await out(chunk.join(''));
+    const line = (r: NonNullable<typeof run>): string => r.len === 1
+      ? `    <single_mapping origin_block="${r.v}" data_block="${r.d}" time="${r.t}"/>\n`
+      : `    <range_mapping origin_begin="${r.v}" data_begin="${r.d}" length="${r.len}" time="${r.t}"/>\n`;
+    // walk in batches of mappings so memory stays bounded however large the device
+    for (let from = 0; from < Infinity;) {
+      const lines: string[] = [];
+      let seen = 0;
+      let last = -1;
+      await md.mappingsInRange(id, from, Infinity, (vb, m) => {
+        if (seen++ === BATCH) return false;
+        last = vb;
+        if (run && vb === run.v + run.len && m.block === run.d + run.len && m.time === run.t) {
+          run.len++;
+          return true;
+        }
+        if (run) lines.push(line(run));
+        run = { v: vb, d: m.block, len: 1, t: m.time };
+        return true;
+      });
+      if (lines.length) await out(lines.join(''));
+      if (seen <= BATCH) break;
+      from = last + 1;
+    }
+    if (run) await out(line(run));
     await out('  </device>\n');
   }
   await out('</superblock>\n');
