@@ -187,6 +187,28 @@ describe('devicemapper under the layer store, and its options', () => {
     await run('thin_check', [meta]);
   });
 
+  test('a snapshot of a mounted layer sees what was written to it (the origin is frozen around create_snap)', async (root) => {
+    const d = await DevicemapperDriver.open({ root, options: small });
+    await d.create('origin', null);
+    const p = await d.get('origin');
+    try {
+      // written, not synced: still in the page cache when the snapshot is taken
+      await writeFile(join(p, 'fresh'), 'in the page cache');
+      await d.create('snap', 'origin');
+      await writeFile(join(p, 'later'), 'after the snapshot');
+    } finally {
+      await d.put('origin');
+    }
+    const q = await d.get('snap');
+    try {
+      assert.equal(await readFile(join(q, 'fresh'), 'utf8'), 'in the page cache');
+      await assert.rejects(readFile(join(q, 'later')));
+    } finally {
+      await d.put('snap');
+    }
+    await d.cleanup();
+  });
+
   test('dm.min_free_space refuses a new device once the pool is that full, and says why', async (root) => {
     const opts = { ...small, 'dm.loopdatasize': '256M', 'dm.min_free_space': '85%' };
     const d = await DevicemapperDriver.open({ root, options: opts });
