@@ -14,6 +14,7 @@ import {
   linkSync, lchownSync, lstatSync, lutimesSync, mkdirSync, mkdtempSync, openSync, readdirSync,
   realpathSync, rmSync, symlinkSync, unlinkSync, utimesSync, writeSync,
 } from 'node:fs';
+import { isUtf8 } from 'node:buffer';
 import { open as openAsync } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import type { Readable } from 'node:stream';
@@ -112,6 +113,9 @@ class Applier {
     const h = entry.header;
     this.size += h.size;
     if (h.typeflag === TYPE.paxGlobal) return; // ignored, as Docker does
+    if (!isUtf8(h.nameRaw) || !isUtf8(h.linknameRaw)) {
+      throw strataError('UNSUPPORTED_ARCHIVE', `non-UTF-8 file names are not supported: ${JSON.stringify(h.name)}`, { path: h.name });
+    }
     const rel = entryPath(h.name);
     if (!this.opts.allowDuplicates) {
       if (this.seen.has(rel)) {

@@ -200,6 +200,10 @@ export const hostileCases: HostileCase[] = [
   { name: 'deep nesting beyond PATH_MAX', expect: 'INVALID_ARCHIVE', build: () => entries([file(`${'dd/'.repeat(1400)}leaf`)]) },
   { name: 'file name component longer than NAME_MAX (pipelined write fails late)', expect: 'INVALID_ARCHIVE', build: () => entries([file('ok-1'), file(`d/${'n'.repeat(300)}`), file('ok-2')]) },
   { name: 'deep nesting within PATH_MAX (2000 levels)', expect: 'INVALID_ARCHIVE', build: () => entries([file(`${'d/'.repeat(2000)}leaf`)]) },
+  {
+    name: 'non-UTF-8 file name (refused rather than mangled)', expect: 'UNSUPPORTED_ARCHIVE',
+    build: async () => Buffer.concat([patched({ name: 'cafX.txt' }, 3, Buffer.from([0xe9])), Buffer.alloc(1024)]),
+  },
   { name: 'GNU sparse entry (type S)', expect: 'UNSUPPORTED_ARCHIVE', build: () => entries([{ header: { name: 'sparse', typeflag: TYPE.gnuSparse } }]) },
   { name: 'PAX GNU sparse map', expect: 'UNSUPPORTED_ARCHIVE', build: () => entries([file('sparse', 'x', { pax: new Map([['GNU.sparse.major', Buffer.from('1')], ['GNU.sparse.minor', Buffer.from('0')]]) })]) },
   { name: 'the layer root as a symlink', expect: 'INVALID_ARCHIVE', build: (env) => entries([symlink('./', env.sentinel)]) },
