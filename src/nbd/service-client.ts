@@ -128,4 +128,5 @@ export const service = {
   message: (root: string, pool: string, text: string) => callService(root, { op: 'message', pool, text }).then(() => undefined),
   suspend: (root: string, name: string) => callService(root, { op: 'suspend', name }).then(() => undefined),
   resume: (root: string, name: string) => callService(root, { op: 'resume', name }).then(() => undefined),
+  status: (root: string, name: string) => callService(root, { op: 'status', name }) as Promise<string>,
 };

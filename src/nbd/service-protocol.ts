@@ -16,6 +16,7 @@ export type ServiceRequest =
   | { op: 'message'; pool: string; text: string }
   | { op: 'suspend'; name: string }
   | { op: 'resume'; name: string }
+  | { op: 'status'; name: string }
   | { op: 'stop' };
 
 export interface ActiveDevice {
@@ -37,7 +38,7 @@ export interface SyncResult {
 
 export type ServiceReply = { ok: true; result: unknown } | { ok: false; code: string; message: string };
 
-const OPS = new Set(['ping', 'list', 'sync', 'activate', 'deactivate', 'create', 'remove', 'message', 'suspend', 'resume', 'stop']);
+const OPS = new Set(['ping', 'list', 'sync', 'activate', 'deactivate', 'create', 'remove', 'message', 'suspend', 'resume', 'status', 'stop']);
 
 export function decodeServiceRequest(line: string): ServiceRequest {
   let value: unknown;
@@ -55,7 +56,7 @@ export function decodeServiceRequest(line: string): ServiceRequest {
   }
   const needs: Record<string, string[]> = {
     activate: ['name'], deactivate: ['name'], create: ['name', 'table'], remove: ['name'],
-    message: ['pool', 'text'], suspend: ['name'], resume: ['name'],
+    message: ['pool', 'text'], suspend: ['name'], resume: ['name'], status: ['name'],
   };
   for (const key of needs[v.op] ?? []) {
     if (typeof v[key] !== 'string') throw strataError('PROTOCOL_ERROR', `control request ${v.op} needs ${key}`);

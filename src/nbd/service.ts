@@ -19,7 +19,7 @@ import { strataError, isStrataError } from '../errors.js';
 import { mkdirDurable, writeFileAtomic } from '../util/atomic.js';
 import { lockFile, type FileLock } from '../util/file-lock.js';
 import { MapperRegistry, openPoolFromTable, poolNameOf } from '../thin/mapper.js';
-import { dmCreate, dmMessage, dmRemove, dmResume, dmSuspend } from '../thin/dmsetup.js';
+import { dmCreate, dmMessage, dmRemove, dmResume, dmStatus, dmSuspend } from '../thin/dmsetup.js';
 import { formatTable, parseTable } from '../thin/table.js';
 import { parseMessage } from '../thin/message.js';
 import type { Pool } from '../thin/pool.js';
@@ -202,6 +202,31 @@ export class NbdService {
     });
   }
 
+  /** `dmsetup status NAME`: answered from the pools we hold (whose flock we have), else as usual. */
+  status(name: string): Promise<string> {
+    return this.serial(async () => {
+      const entry = await this.registry.get(name);
+      const t = parseTable(entry.table);
+      if (t.target === 'thin-pool') {
+        const held = this.pools.get(name);
+        if (held) return `${t.start} ${t.length} thin-pool ${(await held.pool.status()).toString()}`;
+      } else {
+        const a = this.active.get(name);
+        if (a) return `${t.start} ${t.length} thin ${(await a.device.status()).toString()}`;
+        const held = this.pools.get(poolNameOf(t.poolDev));
+        if (held) {
+          const dev = await held.pool.openThin(t.devId, t.length * 512);
+          try {
+            return `${t.start} ${t.length} thin ${(await dev.status()).toString()}`;
+          } finally {
+            await dev.close();
+          }
+        }
+      }
+      return dmStatus(this.registry, name);
+    });
+  }
+
   /** Stop serving everything: finish in-flight requests, flush, commit and close the pools. */
   stop(): Promise<void> {
     this.stopping ??= (async () => {
@@ -339,6 +364,7 @@ export class NbdService {
       case 'message': return this.message(req.pool, req.text);
       case 'suspend': return this.suspend(req.name);
       case 'resume': return this.resume(req.name);
+      case 'status': return this.status(req.name);
       case 'stop': return { pid: process.pid };
     }
   }
