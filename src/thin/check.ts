@@ -1,7 +1,7 @@
 import type { ThinMetadata } from './metadata.js';
 import { unpackBlockTime } from './metadata.js';
 import { isLeaf, keyAt, nrEntries, value64, valueAt, valueSize, maxEntriesFor, maxEntries } from './format/node.js';
-import { unpackIndexEntry } from './format/space-map-codec.js';
+import { nrBitmapsFor, unpackIndexEntry, unpackMetadataIndex } from './format/space-map-codec.js';
 import { unpackSuperblock } from './format/superblock.js';
 import { readU64 } from './format/int.js';
 import { isStrataError } from '../errors.js';
@@ -152,8 +152,7 @@ export async function checkMetadata(md: ThinMetadata, opts: { maxIssues?: number
   // metadata space map: index block, its bitmaps, ref-count tree
   if (refMeta(sb.metadataSmRoot.bitmapRoot, 'metadata space map index')) {
     const idx = await tm.read(sb.metadataSmRoot.bitmapRoot, 'index');
-    const nrBitmaps = Math.ceil(sb.metadataSmRoot.nrBlocks / 16320);
-    for (let i = 0; i < nrBitmaps; i++) bitmapRefs.push(unpackIndexEntry(idx, 16 + 16 * i).blocknr);
+    for (const e of unpackMetadataIndex(idx, nrBitmapsFor(sb.metadataSmRoot.nrBlocks))) bitmapRefs.push(e.blocknr);
   }
   await walk(sb.metadataSmRoot.refCountRoot, 'refcount', 0, Infinity);
   for (const b of bitmapRefs) {

@@ -345,6 +345,7 @@ export class Pool {
     return this.locked(async () => {
       if (this.mode !== 'ro') await this.commitLocked();
       const total = this.md.metadataSm.nrBlocks;
+      // dm-thin-metadata.c __set_metadata_reserve: free counts exclude min(4096, total/10) blocks
       const reserve = Math.min(4096, Math.floor(total / 10));
       const free = Math.max(0, this.md.metadataSm.nrFree - reserve);
       const f = this.features;

@@ -163,3 +163,32 @@ test('thin_restore output works as a pool for the CLI', { skip: NO_TOOLS }, asyn
     await cleanup();
   }
 });
+
+test('cli: a full pool grows by reload + resume after the data file grows', async () => {
+  const { dir, cleanup } = await tempDir();
+  try {
+    const r = ['--root', join(dir, 'root')];
+    const meta = join(dir, 'meta');
+    const data = join(dir, 'data');
+    await sparseFile(meta, 4 << 20);
+    await sparseFile(data, 1 << 20);
+    await ok(...r, 'dmsetup', 'create', 'p', '--table', `0 2048 thin-pool ${meta} ${data} 128 2 1 error_if_no_space`);
+    await ok(...r, 'dmsetup', 'message', 'p', '0', 'create_thin 1');
+    await ok(...r, 'dmsetup', 'create', 't', '--table', '0 8192 thin p 1');
+    await writeFile(join(dir, 'x'), pattern(2 << 20, 4));
+    const full = await strata(...r, 'thin', 'write', 't', join(dir, 'x'));
+    assert.equal(full.status, 7, full.stderr);
+    assert.match(await ok(...r, 'dmsetup', 'status', 'p'), / 16\/16 - out_of_data_space |16\/16 - rw /);
+    await sparseFile(data, 4 << 20);
+    await ok(...r, 'dmsetup', 'reload', 'p', '--table', `0 8192 thin-pool ${meta} ${data} 128 2 1 error_if_no_space`);
+    await ok(...r, 'dmsetup', 'suspend', 'p');
+    await ok(...r, 'dmsetup', 'resume', 'p');
+    assert.equal(await ok(...r, 'dmsetup', 'table', 'p'), `0 8192 thin-pool ${meta} ${data} 128 2 1 error_if_no_space\n`);
+    await ok(...r, 'thin', 'write', 't', join(dir, 'x'));
+    assert.match(await ok(...r, 'dmsetup', 'status', 'p'), / 32\/64 - rw /);
+    await ok(...r, 'thin', 'read', 't', '-o', join(dir, 'y'), '--length', '2M');
+    assert.ok((await readFile(join(dir, 'y'))).equals(pattern(2 << 20, 4)));
+  } finally {
+    await cleanup();
+  }
+});
