@@ -19,6 +19,9 @@ import type { NbdExport } from './nbd-export.js';
 
 /** Requests in flight per connection before we stop reading more (nbdcopy keeps 64 per conn). */
 const MAX_INFLIGHT = 64;
+/** READ/WRITE bytes in flight per connection before we stop reading (bounds memory: 64 requests
+ *  of 32 MiB would otherwise be 2 GiB). One request is always let through. */
+const MAX_INFLIGHT_BYTES = 64 * 1024 * 1024;
 /** Reply bytes queued in the socket before we stop reading requests. */
 const MAX_QUEUED_REPLY = 16 * 1024 * 1024;
 /** Zero buffer used when an export cannot zero natively. */
@@ -42,6 +45,7 @@ export async function serveTransmission(
     maxPayload,
   };
   const inflight = new Set<Promise<void>>();
+  let inflightBytes = 0;
   const pool = new BufferPool();
 
   /** Write one reply in one burst; READ data goes back to the pool once written out. */
@@ -124,8 +128,14 @@ export async function serveTransmission(
         sendError(req, errno, 'request refused');
         continue;
       }
-      const p: Promise<void> = run(req, payload).finally(() => inflight.delete(p));
+      const bytes = req.type === CMD.READ || req.type === CMD.WRITE ? req.length : 0;
+      inflightBytes += bytes;
+      const p: Promise<void> = run(req, payload).finally(() => {
+        inflight.delete(p);
+        inflightBytes -= bytes;
+      });
       inflight.add(p);
+      while (inflightBytes > MAX_INFLIGHT_BYTES && inflight.size > 0) await Promise.race(inflight);
     }
   }
 }
