@@ -15,7 +15,7 @@ import type { DeviceInfo } from './device-store.js';
 import { deviceFileName } from './device-store.js';
 import type { PoolClient } from './pool-client.js';
 import { nbdSocketPath } from './pool-service.js';
-import { attachBlockDevice, detachBlockDevice, loopsOf } from './block-attach.js';
+import { attachBlockDevice, attachedLoop, detachBlockDevice, loopsOf } from './block-attach.js';
 import { run } from './exec.js';
 
 export class Activation {
@@ -37,8 +37,8 @@ export class Activation {
 
   /** Serve the device and attach a loop device to it; returns the loop device. */
   async activate(hash: string, info: DeviceInfo): Promise<string> {
-    const existing = await loopsOf(this.fuseFile(hash));
-    if (existing[0]) return existing[0];
+    const existing = await attachedLoop(this.fuseFile(hash));
+    if (existing) return existing;
     const client = await this.client();
     const name = this.deviceName(hash);
     await client.request({ op: 'activate', name, deviceId: info.device_id, size: info.size });
@@ -122,7 +122,8 @@ export class Activation {
 
   /** Deactivate a device if it happens to be active (before delete); ignores "not active". */
   async ensureInactive(hash: string): Promise<void> {
-    if ((await loopsOf(this.fuseFile(hash))).length > 0) await this.deactivate(hash);
+    const file = this.fuseFile(hash);
+    if ((await attachedLoop(file)) || (await loopsOf(file)).length > 0) await this.deactivate(hash);
   }
 }
 

@@ -6,6 +6,7 @@
  */
 import { spawn } from 'node:child_process';
 import { open, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { basename } from 'node:path';
 import { isErrno, strataError } from '../../errors.js';
 import { run } from './exec.js';
 
@@ -55,11 +56,22 @@ export async function attachBlockDevice(fuseFile: string, socket: string, export
     await sleep(10);
   }
   try {
-    return (await run('losetup', ['--find', '--show', fuseFile])).trim();
+    const loop = (await run('losetup', ['--find', '--show', fuseFile])).trim();
+    // remembered beside the file, so finding it again costs a read rather than a losetup run
+    await writeFile(`${fuseFile}.loop`, loop);
+    return loop;
   } catch (err) {
     await fuseUnmount(fuseFile);
     throw err;
   }
+}
+
+/** The loop device attached to `fuseFile`, checked against the kernel's record; null if none. */
+export async function attachedLoop(fuseFile: string): Promise<string | null> {
+  const loop = (await readFile(`${fuseFile}.loop`, 'utf8').catch(() => '')).trim();
+  if (!loop) return null;
+  const backing = (await readFile(`/sys/block/${basename(loop)}/loop/backing_file`, 'utf8').catch(() => '')).trim();
+  return backing === fuseFile ? loop : null;
 }
 
 /** Loop devices backed by `file`. */
@@ -70,9 +82,11 @@ export async function loopsOf(file: string): Promise<string[]> {
 
 /** Undo attachBlockDevice: detach the loop device(s), unmount the FUSE file, wait for nbdfuse. */
 export async function detachBlockDevice(fuseFile: string): Promise<void> {
-  for (const loop of await loopsOf(fuseFile)) await run('losetup', ['--detach', loop]);
+  const known = await attachedLoop(fuseFile);
+  for (const loop of known ? [known] : await loopsOf(fuseFile)) await run('losetup', ['--detach', loop]);
   await fuseUnmount(fuseFile);
   await rm(fuseFile, { force: true });
+  await rm(`${fuseFile}.loop`, { force: true });
 }
 
 async function fuseUnmount(fuseFile: string): Promise<void> {
