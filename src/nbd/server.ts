@@ -26,6 +26,8 @@ const HANDSHAKE_TIMEOUT_MS = 30_000;
 export interface NbdServerOptions {
   /** Called with failures the server answered or hung up on (default: ignore). */
   log?: (message: string) => void;
+  /** Drop clients that have not finished option haggling by then (default 30 s). */
+  handshakeTimeoutMs?: number;
 }
 
 interface Connection {
@@ -161,7 +163,7 @@ export class NbdServer implements ExportLookup {
 
   private async run(conn: Connection): Promise<void> {
     const { socket, reader } = conn;
-    const timer = setTimeout(() => socket.destroy(), HANDSHAKE_TIMEOUT_MS);
+    const timer = setTimeout(() => socket.destroy(), this.options.handshakeTimeoutMs ?? HANDSHAKE_TIMEOUT_MS);
     try {
       const neg = await negotiate(socket, reader, this);
       clearTimeout(timer);

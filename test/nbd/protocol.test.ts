@@ -114,7 +114,8 @@ test('LIST_META_CONTEXT and SET_META_CONTEXT', async () => {
 });
 
 test('EXPORT_NAME without and with NO_ZEROES; unknown name closes', async () => {
-  for (const [flags, len] of [[1, 134], [3, 10]] as const) {
+  // 0: a plain (not fixed) newstyle client; 1: fixed; 3: fixed + NO_ZEROES
+  for (const [flags, len] of [[0, 134], [1, 134], [3, 10]] as const) {
     const c = await RawClient.connect(sock);
     await c.greet(flags);
     c.sendOption(OPT.EXPORT_NAME, Buffer.from('mem'));
@@ -267,6 +268,21 @@ test('concurrent requests: replies complete out of order but whole', async () =>
   }
   mem.delayMs = 0;
   c.close();
+});
+
+test('a client that never finishes haggling is dropped after the handshake timeout', async () => {
+  const impatient = new NbdServer([mem], { handshakeTimeoutMs: 200 });
+  const path = join(dir, 'impatient.sock');
+  await impatient.listenUnix(path);
+  try {
+    const c = await RawClient.connect(path);
+    await c.greet(3);
+    assert.equal(await c.closedWithin(3000), true);
+    for (let i = 0; i < 50 && impatient.connectionCount > 0; i++) await new Promise((r) => setTimeout(r, 20));
+    assert.equal(impatient.connectionCount, 0);
+  } finally {
+    await impatient.close();
+  }
 });
 
 test('removeExport refuses while in use unless forced', async () => {
