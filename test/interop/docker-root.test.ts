@@ -112,6 +112,8 @@ for (const driver of ['overlay2', 'vfs'] as const) {
       const strata = await Strata.open({ root, driver });
       const mountsDir = join(root, 'image', driver, 'layerdb', 'mounts');
       const dockerMount = await readFile(join(mountsDir, c1, 'mount-id'), 'utf8');
+      // Docker's own container, read through Strata's driver (its -init layer excluded)
+      assert.deepEqual((await strata.diff(c1)).map((c) => `${c.kind} ${c.path}`), ['C /etc', 'A /etc/added']);
       const id = await strata.createContainer('img:2', { name: 'strata-one' });
       const dir = await strata.mount(id);
       try {
