@@ -40,6 +40,7 @@ import { growFilesystem, setupBaseDevice } from './base-device.js';
 import { statusLines } from './status-figures.js';
 import { detachBlockDevice } from './block-attach.js';
 import { run } from './exec.js';
+import { withFileLock } from '../../util/file-lock.js';
 
 const IDLE_MS = Number(process.env.STRATA_DM_IDLE_MS ?? 15_000);
 
@@ -116,7 +117,13 @@ export class DevicemapperDriver implements Driver {
       if (!origin) throw strataError('LAYER_NOT_FOUND', `parent layer ${parent} not found`, { id: parent ?? 'base' });
       const size = Math.max(origin.size, opts?.size ?? 0);
       const originMount = parent === null ? null : this.mountpoint(parent);
-      const info = await this.set.create(id, origin, size, (fn) => this.act.withFrozen(originMount, fn));
+      // the mount-count lock keeps the origin from being mounted or unmounted while it is frozen
+      const quiesce = async <T>(fn: () => Promise<T>): Promise<T> => {
+        if (originMount === null) return fn();
+        await mkdir(join(this.home, 'mountrefs'), { recursive: true, mode: 0o700 });
+        return withFileLock(join(this.home, 'mountrefs', '.lock'), () => this.act.withFrozen(originMount, fn));
+      };
+      const info = await this.set.create(id, origin, size, quiesce);
       // --storage-opt size= larger than the origin: grow the filesystem to the new size
       if (size > origin.size) await this.growFs(id, info);
     });
