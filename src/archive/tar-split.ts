@@ -10,15 +10,13 @@
  * end-of-archive blocks, one per chunk of trailing bytes, and a final empty segment.
  */
 import { createHash } from 'node:crypto';
-import { once } from 'node:events';
-import { PassThrough, Transform, type Readable, type TransformCallback, type Writable } from 'node:stream';
-import { isUtf8 } from 'node:buffer';
+import { Transform, type Readable, type TransformCallback, type Writable } from 'node:stream';
 import { createGunzip, createGzip, type Gzip } from 'node:zlib';
 import { isStrataError, strataError } from '../errors.js';
 import { Crc64 } from './crc64.js';
 import { goJsonString } from './go-json.js';
 import { goClean } from './paths.js';
-import { readTar } from './tar/reader.js';
+import { TarDisassembler } from './tar-disassembler.js';
 
 export const SEGMENT_TYPE = 2;
 export const FILE_TYPE = 1;
@@ -91,23 +89,23 @@ export interface TarSplitRecorderOptions {
 /**
  * A pass-through for the uncompressed layer tar: bytes come out unchanged while the tar-split
  * records go, gzipped, into `sink` (a file stream, say). Memory stays bounded: records are
- * streamed, file data is only checksummed. Rejects duplicate cleaned paths (DUPLICATE_PATH)
- * and malformed tars as the reader does. `await recorder.finished()` after the input ends:
- * it resolves once the sink has everything, with the DiffID and byte count.
+ * streamed, file data is only checksummed, and parsing is a synchronous push parser
+ * (tar-disassembler.ts). Rejects duplicate cleaned paths (DUPLICATE_PATH) and malformed tars
+ * as the reader does. `await recorder.finished()` after the input ends: it resolves once the
+ * sink has everything, with the DiffID and byte count.
  */
 export class TarSplitRecorder extends Transform {
   private readonly hash = createHash('sha256');
-  private readonly feed = new PassThrough({ highWaterMark: 1 << 20 });
   private readonly gzip: Gzip;
-  private readonly parsing: Promise<void>;
+  private readonly splitter: TarDisassembler;
   private readonly done: Promise<TarSplitResult>;
   private resolveDone!: (r: TarSplitResult) => void;
   private rejectDone!: (err: Error) => void;
   private position = 0;
-  private pending = '';
+  private pending: string[] = [];
+  private pendingLength = 0;
   private bytes = 0;
   private digest: string | null = null;
-  private readonly seen = new Set<string>();
 
   constructor(private readonly sink: Writable, private readonly opts: TarSplitRecorderOptions = {}) {
     super({ highWaterMark: 1 << 20 });
@@ -120,8 +118,11 @@ export class TarSplitRecorder extends Transform {
     this.gzip.on('error', (err) => this.destroy(err));
     sink.on('error', (err) => this.destroy(err));
     this.gzip.pipe(sink);
-    this.parsing = this.parse();
-    this.parsing.catch((err: Error) => this.destroy(err));
+    this.splitter = new TarDisassembler((r) => {
+      const line = encodeTarSplitEntry({ ...r, position: this.position++ } as TarSplitEntry);
+      this.pending.push(line);
+      this.pendingLength += line.length;
+    });
   }
 
   /** "sha256:<hex>" (available once the input has ended). */
@@ -139,75 +140,63 @@ export class TarSplitRecorder extends Transform {
     return this.done;
   }
 
-  private async record(e: Omit<TarSplitEntry, 'position'>): Promise<void> {
-    this.pending += encodeTarSplitEntry({ ...e, position: this.position++ } as TarSplitEntry);
-    if (this.pending.length >= 64 * 1024) await this.flushPending();
-  }
-
-  private async flushPending(): Promise<void> {
-    if (this.pending.length === 0) return;
-    const text = this.pending;
-    this.pending = '';
-    if (!this.gzip.write(text)) await once(this.gzip, 'drain');
-  }
-
-  private async parse(): Promise<void> {
-    const entries = readTar(this.feed, {
-      onEnd: (raw) => (raw.length > 0 ? this.record({ type: 2, payload: raw }) : undefined),
-      onTrailing: (chunk) => this.record({ type: 2, payload: chunk }),
-    });
-    for await (const entry of entries) {
-      if (entry.raw.length > 0) await this.record({ type: 2, payload: entry.raw });
-      const { header } = entry;
-      let payload: Buffer | null = null;
-      if (header.size > 0) {
-        const crc = new Crc64();
-        for await (const chunk of entry.chunks()) crc.update(chunk);
-        payload = crc.digest();
-      }
-      const named = isUtf8(header.nameRaw) ? { name: header.name } : { nameRaw: header.nameRaw };
-      const key = nameKey(named);
-      if (this.seen.has(key)) throw duplicate(header.name);
-      this.seen.add(key);
-      await this.record({ type: 1, ...named, size: header.size, payload });
+  /** Hand the queued records to gzip; call `cb` once it has room again. */
+  private flushPending(cb: () => void, force = false): void {
+    if (this.pendingLength === 0 || (!force && this.pendingLength < 64 * 1024)) {
+      cb();
+      return;
     }
-    if (this.opts.trailingEmptySegment !== false) await this.record({ type: 2, payload: Buffer.alloc(0) });
-    await this.flushPending();
+    const text = this.pending.join('');
+    this.pending = [];
+    this.pendingLength = 0;
+    if (this.gzip.write(text)) cb();
+    else this.gzip.once('drain', cb);
   }
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
     this.hash.update(chunk);
     this.bytes += chunk.length;
+    try {
+      this.splitter.push(chunk);
+    } catch (err) {
+      cb(err as Error);
+      return;
+    }
     this.push(chunk);
-    if (this.feed.write(chunk)) cb();
-    else this.feed.once('drain', () => cb());
+    this.flushPending(() => cb());
   }
 
   override _flush(cb: TransformCallback): void {
-    this.feed.end();
-    (async () => {
-      await this.parsing;
-      this.digest = `sha256:${this.hash.digest('hex')}`;
+    try {
+      this.splitter.end();
+      if (this.opts.trailingEmptySegment !== false) {
+        this.pending.push(encodeTarSplitEntry({ type: 2, payload: Buffer.alloc(0), position: this.position++ }));
+        this.pendingLength += 1;
+      }
+    } catch (err) {
+      cb(err as Error);
+      return;
+    }
+    this.digest = `sha256:${this.hash.digest('hex')}`;
+    this.flushPending(() => {
       const closed = new Promise<void>((resolve, reject) => {
         this.sink.once('finish', resolve);
         this.sink.once('close', resolve);
         this.sink.once('error', reject);
       });
       this.gzip.end();
-      await closed;
-    })().then(
-      () => {
-        cb();
-        this.resolveDone({ diffId: this.digest!, size: this.bytes });
-      },
-      (err: Error) => cb(err),
-    );
+      closed.then(
+        () => {
+          cb();
+          this.resolveDone({ diffId: this.digest!, size: this.bytes });
+        },
+        (err: Error) => cb(err),
+      );
+    }, true);
   }
 
   override _destroy(err: Error | null, cb: (error?: Error | null) => void): void {
-    const e = err ?? strataError('INTERNAL', 'TarSplitRecorder destroyed before the layer ended');
-    this.rejectDone(e);
-    this.feed.destroy();
+    this.rejectDone(err ?? strataError('INTERNAL', 'TarSplitRecorder destroyed before the layer ended'));
     this.gzip.destroy();
     cb(err);
   }

@@ -34,11 +34,12 @@ export interface ReadTarOptions {
   onEnd?: (raw: Buffer) => void | Promise<void>;
   /** Bytes after the end marker (GNU record padding, garbage), in pieces of at most 1 MiB. */
   onTrailing?: (chunk: Buffer) => void | Promise<void>;
-  /** Metadata pseudo-entries allowed before one real entry (default 64). */
+  /** Metadata pseudo-entries allowed before one real entry (default 16). */
   maxMetaHeaders?: number;
 }
 
-const TRAILING_CHUNK = 1 << 20;
+export const TRAILING_CHUNK = 1 << 20;
+export const DEFAULT_MAX_META_HEADERS = 16;
 
 function truncated(what: string, context: Record<string, unknown> = {}): Error {
   return strataError('TRUNCATED_ARCHIVE', `tar archive is truncated: input ended inside ${what}`, context);
@@ -250,8 +251,30 @@ function applyPax(header: TarHeader, records: PaxRecords): void {
   if (header.format !== 'gnu') header.format = 'pax';
 }
 
+/**
+ * Finish a real entry's header with the metadata headers that preceded it: PAX records, then
+ * GNU long name/link (which win, as in Go), V7 trailing-slash directories. Refuses sparse files.
+ */
+export function completeHeader(header: TarHeader, pax: PaxRecords | null, longName: Buffer | null, longLink: Buffer | null): void {
+  if (pax) applyPax(header, pax);
+  if (longName) {
+    header.nameRaw = longName;
+    header.name = longName.toString('utf8');
+  }
+  if (longLink) {
+    header.linknameRaw = longLink;
+    header.linkname = longLink.toString('utf8');
+  }
+  if (header.typeflag === TYPE.fileOld) {
+    header.typeflag = header.name.endsWith('/') ? TYPE.dir : TYPE.file;
+  }
+  if (header.typeflag === TYPE.gnuSparse) {
+    throw strataError('UNSUPPORTED_ARCHIVE', `GNU sparse files are not supported (${header.name})`, { path: header.name });
+  }
+}
+
 /** The bytes up to the first NUL (Go's parseString on a GNU long name). */
-function cString(data: Buffer): Buffer {
+export function cString(data: Buffer): Buffer {
   const nul = data.indexOf(0);
   return nul === -1 ? data : data.subarray(0, nul);
 }
@@ -266,7 +289,7 @@ export async function* readTar(
   opts: ReadTarOptions = {},
 ): AsyncGenerator<TarEntry, void, undefined> {
   const src = new ByteSource(source);
-  const maxMeta = opts.maxMetaHeaders ?? 64;
+  const maxMeta = opts.maxMetaHeaders ?? DEFAULT_MAX_META_HEADERS;
   let pad = 0;
   try {
     for (;;) {
@@ -348,22 +371,7 @@ export async function* readTar(
           else longLink = Buffer.from(cString(data));
           continue;
         }
-        if (paxRecords) applyPax(header, paxRecords);
-        if (longName) {
-          header.nameRaw = longName;
-          header.name = longName.toString('utf8');
-        }
-        if (longLink) {
-          header.linknameRaw = longLink;
-          header.linkname = longLink.toString('utf8');
-        }
-        if (header.typeflag === TYPE.fileOld) {
-          header.typeflag = header.name.endsWith('/') ? TYPE.dir : TYPE.file;
-        }
-        if (header.typeflag === TYPE.gnuSparse) {
-          throw strataError('UNSUPPORTED_ARCHIVE', `GNU sparse files are not supported (${header.name})`,
-            { path: header.name });
-        }
+        completeHeader(header, paxRecords, longName, longLink);
         const dataSize = isHeaderOnlyType(header.typeflag) ? 0 : header.size;
         const entry = new Entry(src, header, Buffer.concat(raw), dataSize);
         yield entry;
