@@ -11,7 +11,8 @@ import { createOverlay2Driver } from '../../src/drivers/overlay2/overlay2-driver
 import { probeOverlay2 } from '../../src/drivers/overlay2/overlay-support.js';
 import { isMountPoint } from '../../src/drivers/overlay2/kernel-mount.js';
 import { isStrataError } from '../../src/errors.js';
-import { tempDir } from '../helpers/fstest.js';
+import { Readable } from 'node:stream';
+import { dir, file, layerTar, tempDir, whiteout } from '../helpers/fstest.js';
 
 const ID = (n: number) => n.toString(16).padStart(64, '0');
 
@@ -191,6 +192,23 @@ describe('overlay2 layout and mounts', () => {
     }
     await assert.rejects(d.create(ID(500), parent), (e) => isStrataError(e, 'INVALID_ARGUMENT') && /max depth/.test((e as Error).message));
     assert.equal(await d.exists(ID(500)), false);
+  });
+
+  test('a native diff applied a second later diffs to the same bytes (whiteout times settled)', async (d) => {
+    const bytes = async (s: Readable) => {
+      const chunks: Buffer[] = [];
+      for await (const c of s) chunks.push(c as Buffer);
+      return Buffer.concat(chunks);
+    };
+    await d.create('base', null);
+    await d.applyDiff('base', null, Readable.from(await layerTar([dir('d'), file('d/x', 'x'), file('d/y', 'y'), dir('e/f'), file('e/f/g', 'g')])));
+    await d.create('next', 'base');
+    await d.applyDiff('next', 'base', Readable.from(await layerTar([dir('d'), whiteout('d/x'), whiteout('e'), file('new', 'n')])));
+    const first = await bytes(await d.diff('next', 'base'));
+    await new Promise((r) => setTimeout(r, 1100));
+    await d.create('again', 'base');
+    await d.applyDiff('again', 'base', Readable.from(first));
+    assert.ok(first.equals(await bytes(await d.diff('again', 'base'))));
   });
 
   test('status reads like docker info', async (d) => {

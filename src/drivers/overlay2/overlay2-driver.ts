@@ -319,13 +319,8 @@ export class Overlay2Driver implements Driver {
     if (!(await this.native(id, parent))) return (await naive()).naiveApplyDiff(this, id, tar);
     const diffDir = join(this.dir(id), 'diff');
     // lowerDirs: a hardlink to a file of a lower layer is copied up, as overlay itself would.
-    // TODO(archive): apply.ts mknods an overlay whiteout without the header's times (as moby),
-    // so its mtime is the apply time; re-applying a native diff and diffing again then differs
-    // when a second boundary passes in between (conformance "diff round-trips" flakes ~1 in 20
-    // on overlay2). Fix there: lutimes the 0/0 device to the header's atime/mtime after mknod.
-    // Byte-exact layers are not affected: tar-split keeps the original header.
     await (await archive()).applyLayerTar(diffDir, tar, { whiteouts: 'overlay', lowerDirs: await this.lowerDirs(id) });
-    return directorySize(diffDir);
+    return directorySize(diffDir, { settleWhiteouts: true });
   }
 
   async diffSize(id: string, parent: string | null): Promise<number> {
