@@ -106,8 +106,11 @@ test('a container on fuse-overlayfs: changes land in diff/<id> in aufs form afte
   await fsp.mkdir(join(mnt, 'var/lib'));
   await fsp.mkdir(join(mnt, 'new'));
   await fsp.writeFile(join(mnt, 'new/f'), 'n');
+  assert.equal(await exists(join(home, 'dirty/ctr')), true, 'marked while mounted');
   await d.put('ctr');
   assert.equal(await isMounted(mnt), false);
+  assert.equal(await exists(join(home, 'dirty/ctr')), false, 'normalised on the last put');
+  assert.equal(await exists(join(home, 'dirty/image')), false, 'an applied layer is never walked');
   const diff = join(home, 'diff/ctr');
   assert.deepEqual((await fsp.readdir(join(diff, 'etc'))).sort(), ['.wh.passwd', 'hosts']);
   assert.deepEqual((await fsp.readdir(join(diff, 'var/lib'))).sort(), ['.wh..wh..opq']);

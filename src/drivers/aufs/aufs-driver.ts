@@ -10,6 +10,7 @@
  *     work/<id>/            fuse-overlayfs' work directory (not in moby's layout: kernel aufs
  *                           needs none)
  *     mountrefs/<id>        get/put reference counts, kept on disk for short-lived CLI processes
+ *     dirty/<id>            mounted since last normalised (see normalize)
  *
  * Mounting: kernel aufs where present, else fuse-overlayfs, which honours aufs' whiteouts in every
  * branch (probed, not assumed). As root fuse-overlayfs records deletions as 0/0 char devices and
@@ -128,6 +129,7 @@ export class AufsDriver implements Driver {
     await rm(doomed, { recursive: true, force: true });
     await rmdir(this.mntDir(id)).catch(() => undefined);
     await rm(join(this.home, 'work', id), { recursive: true, force: true });
+    await rm(join(this.home, 'dirty', id), { force: true });
     await this.refs.forget(id);
   }
 
@@ -149,6 +151,7 @@ export class AufsDriver implements Driver {
       await mkdir(target, { recursive: true, mode: 0o755 });
       if (await isMounted(target)) return; // a mount that outlived its count (crash): reuse it
       await this.normalize(id, ancestors);
+      await this.markDirty(id);
       await mountBranches(program, await spec());
     });
     // a count that outlived its mount (reboot, or the FUSE daemon died): mount again
@@ -157,6 +160,7 @@ export class AufsDriver implements Driver {
         if (await this.healthy(target)) return;
         // a dead FUSE mount still occupies the mount point (ENOTCONN) until it is unmounted
         if (await isMounted(target)) await unmount(target).catch(() => undefined);
+        await this.markDirty(id);
         await mountBranches(program, await spec());
       });
     }
@@ -183,15 +187,29 @@ export class AufsDriver implements Driver {
   }
 
   /**
+   * `dirty/<id>` says the mount program may have written to diff/<id> since it was last
+   * normalised: set before every mount, cleared by a normalisation after the unmount. Layers that
+   * were only ever filled by applyDiff are never walked.
+   */
+  private async markDirty(id: string): Promise<void> {
+    await mkdir(join(this.home, 'dirty'), { recursive: true, mode: 0o700 });
+    await writeFileAtomic(join(this.home, 'dirty', id), '');
+  }
+
+  /**
    * Rewrite what fuse-overlayfs left in diff/<id> into aufs' convention (see upper-normalize.ts).
    * Serialised per layer with a flock; a no-op on a layer that was never mounted.
    */
   async normalize(id: string, known?: string[]): Promise<void> {
+    const marker = join(this.home, 'dirty', id);
+    if (!(await lstat(marker).then(() => true, () => false))) return;
     const ancestors = known ?? (await this.ancestors(id));
     await mkdir(join(this.home, 'locks'), { recursive: true, mode: 0o700 });
     await withFileLock(join(this.home, 'locks', id), async () => {
       const lowers = ancestors.length === 0 ? null : await UnionFs.open({ lowers: ancestors.map((a) => this.diffDir(a)).reverse() });
       await normalizeUpper(this.diffDir(id), async (rel) => (await lowers?.lstat(rel).catch(() => null))?.isDirectory() ?? false);
+      // still mounted: the mount program may write again, so the marker stays
+      if (!(await isMounted(this.mntDir(id)))) await rm(marker, { force: true });
     });
   }
 
