@@ -202,3 +202,18 @@ test('a mount whose FUSE daemon died is mounted again by the next get', async (t
   await d.put('base');
   assert.equal(await isMounted(mnt), false);
 });
+
+test('the registry opens aufs by name', async () => {
+  const { openDriver, driverNames } = await import('../../src/drivers/registry.js');
+  assert.ok(driverNames().includes('aufs'));
+  if (!isRoot || (await probeAufs('')) !== null) return;
+  const root = await tempDir('strata-aufs-reg-');
+  try {
+    const d = await openDriver('aufs', { root, options: {} });
+    assert.equal(d.name, 'aufs');
+    assert.equal(d.home, join(root, 'aufs'));
+    await assert.rejects(openDriver('aufs', { root, options: { bogus: '1' } }), (e) => isStrataError(e, 'INVALID_OPTION'));
+  } finally {
+    await fsp.rm(root, { recursive: true, force: true });
+  }
+});
