@@ -15,7 +15,7 @@ import { servicePaths } from '../src/nbd/service-paths.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 512 * MiB;
-const ROUNDS = 3;
+const ROUNDS = 4;
 
 function exec(cmd: string, args: string[]): Promise<void> {
   return new Promise((resolve, reject) => {
@@ -89,27 +89,38 @@ export async function run(): Promise<void> {
     for (let pos = 0; pos < SIZE; pos += 16 * MiB) await h.write(randomBytes(16 * MiB), 0, 16 * MiB, pos);
     await h.close();
     const times = { oursW: [] as number[], oursR: [] as number[], kitW: [] as number[], kitR: [] as number[] };
-    for (let round = 0; round < ROUNDS; round++) {
-      // ours: write the source into a fresh sparse file, then read it all back
-      const dstO = join(dir, 'ours.img');
-      await freshSparse(dstO);
-      const sockO = join(dir, 'ours.sock');
-      const ours = await startOurs(dstO, sockO);
-      times.oursW.push(await timed('nbdcopy', [src, uri(sockO)]));
-      times.oursR.push(await timed('nbdcopy', [uri(sockO), 'null:']));
+    const oursRound = async (): Promise<void> => {
+      // write the source into a fresh sparse file, then read it all back
+      const dst = join(dir, 'ours.img');
+      await freshSparse(dst);
+      const sock = join(dir, 'ours.sock');
+      const ours = await startOurs(dst, sock);
+      times.oursW.push(await timed('nbdcopy', [src, uri(sock)]));
+      times.oursR.push(await timed('nbdcopy', [uri(sock), 'null:']));
       await stop(ours);
-      await rm(dstO);
-      // nbdkit file, same steps
-      const dstK = join(dir, 'kit.img');
-      await freshSparse(dstK);
-      const sockK = join(dir, 'kit.sock');
-      const pidK = join(dir, 'kit.pid');
-      await startNbdkit(dstK, sockK, pidK);
-      times.kitW.push(await timed('nbdcopy', [src, uri(sockK)]));
-      times.kitR.push(await timed('nbdcopy', [uri(sockK), 'null:']));
-      await killPidfile(pidK);
-      await rm(dstK);
-      await rm(sockK, { force: true });
+      await rm(dst);
+    };
+    const nbdkitRound = async (): Promise<void> => {
+      const dst = join(dir, 'kit.img');
+      await freshSparse(dst);
+      const sock = join(dir, 'kit.sock');
+      const pidfile = join(dir, 'kit.pid');
+      await startNbdkit(dst, sock, pidfile);
+      times.kitW.push(await timed('nbdcopy', [src, uri(sock)]));
+      times.kitR.push(await timed('nbdcopy', [uri(sock), 'null:']));
+      await killPidfile(pidfile);
+      await rm(dst);
+      await rm(sock, { force: true });
+    };
+    // alternate who goes first, so neither always follows the other's page-cache churn
+    for (let round = 0; round < ROUNDS; round++) {
+      if (round % 2 === 0) {
+        await oursRound();
+        await nbdkitRound();
+      } else {
+        await nbdkitRound();
+        await oursRound();
+      }
     }
 
     // a thin device served by the active-devices service (64 KiB blocks)
