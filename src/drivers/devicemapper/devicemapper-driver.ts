@@ -305,13 +305,10 @@ export async function probeDevicemapper(): Promise<string | null> {
   } catch {
     return 'no /dev/fuse (nbdfuse needs FUSE)';
   }
-  for (const tool of ['nbdfuse', 'fusermount3', 'losetup', 'mount', 'mkfs.ext4', 'blkid']) {
-    try {
-      await run('sh', ['-c', `command -v ${tool}`]);
-    } catch {
-      return `${tool} not found`;
-    }
-  }
+  // one shell for all the tools: the probe runs on every driver open (every CLI call)
+  const tools = ['nbdfuse', 'fusermount3', 'losetup', 'mount', 'umount', 'mkfs.ext4', 'blkid', 'fsfreeze'];
+  const missing = (await run('sh', ['-c', `for t in ${tools.join(' ')}; do command -v $t >/dev/null || echo $t; done`])).trim();
+  if (missing) return `not found: ${missing.split('\n').join(', ')}`;
   return null;
 }
 
