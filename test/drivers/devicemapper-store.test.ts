@@ -12,6 +12,7 @@ import { Strata } from '../../src/strata.js';
 import { DevicemapperDriver, probeDevicemapper } from '../../src/drivers/devicemapper/devicemapper-driver.js';
 import { isStrataError } from '../../src/errors.js';
 import { dir, file, layerTar, tempDir } from '../helpers/fstest.js';
+import { strataOk } from '../helpers/cli.js';
 import { run } from '../../src/drivers/devicemapper/exec.js';
 import { PoolClient } from '../../src/drivers/devicemapper/pool-client.js';
 import { detachBlockDevice } from '../../src/drivers/devicemapper/block-attach.js';
@@ -149,6 +150,28 @@ describe('devicemapper under the layer store, and its options', () => {
     const all = [...maps.values()].reduce((n, s) => n + s.size, 0);
     const distinct = new Set([...maps.values()].flatMap((s) => [...s])).size;
     assert.ok(all > distinct * 2, `blocks are shared (${all} mappings over ${distinct} blocks)`);
+  });
+
+  test('CLI: a mount made by one strata process outlives it, and another unmounts it', async (root) => {
+    const opts = Object.entries(small).flatMap(([k, v]) => ['--storage-opt', `${k}=${v}`]);
+    const cli = (args: string[]): Promise<string> => strataOk(root, [...opts, ...args], { driver: 'devicemapper' });
+    const src = join(root, 'src');
+    await mkdir(join(src, 'etc'), { recursive: true });
+    await writeFile(join(src, 'etc/hello'), 'hi\n');
+    await cli(['import', src, 'base:1']);
+    await cli(['create', '--name', 'c1', 'base:1']);
+    const path = await cli(['mount', 'c1']);
+    // the process that mounted it is gone; the filesystem is still there, served by the pool service
+    assert.equal(await readFile(join(path, 'etc/hello'), 'utf8'), 'hi\n');
+    await writeFile(join(path, 'etc/hello'), 'changed\n');
+    await cli(['unmount', 'c1']);
+    assert.equal(await readFile('/proc/self/mountinfo', 'utf8').then((m) => m.includes(join(root, 'devicemapper/mnt'))), false);
+    assert.deepEqual((await cli(['diff', 'c1'])).split('\n'), ['C /etc', 'C /etc/hello']);
+    const info = await cli(['info']);
+    assert.match(info, /Storage Driver: devicemapper/);
+    assert.match(info, /Data Space Used: /);
+    await cli(['rm', 'c1']);
+    await cli(['rmi', 'base:1']);
   });
 
   test('all defaults: a 100G data and 2G metadata pool of sparse files, a 10G ext4 base device', async (root) => {
