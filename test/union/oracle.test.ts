@@ -3,7 +3,8 @@
 // kernel), the same random operation sequence applied to both, then the merged trees compared
 // after every operation and the two writable layers compared at the end after converting
 // overlay's whiteout format to aufs'. At the end the engine also reads the kernel's own layers
-// (format: 'overlay') and must show the same tree as the mount.
+// (format: 'overlay') and must show the same tree as the mount, and fuse-overlayfs (where
+// installed) must read the engine's aufs-format branches as the engine does.
 //
 // Generator restrictions, each with its reason:
 // - symlink targets are relative and only descend (`a`, `a/b`), so even after a rename moves the
@@ -245,6 +246,9 @@ const OPS = Number(process.env.STRATA_ORACLE_OPS ?? 60);
 test('union engine matches kernel OverlayFS on random layers and operations', async (t) => {
   const why = await overlayAvailable();
   if (why !== null) return t.skip(why);
+  // optional second reader of the engine's output (the aufs driver's mount program)
+  const fuseOverlayfs = await run('which', ['fuse-overlayfs']).then((r) => r.stdout.trim() || null, () => null);
+  if (fuseOverlayfs === null) t.diagnostic('fuse-overlayfs not installed: the engine\'s branches are not cross-read');
   for (let seed = Number(process.env.STRATA_ORACLE_FIRST ?? 1); seed <= SEEDS; seed++) {
     const base = await tempDir('oracle');
     const mnt = join(base, 'mnt');
@@ -280,6 +284,18 @@ test('union engine matches kernel OverlayFS on random layers and operations', as
           assert.deepEqual(await layerLines(join(base, 'top'), 'aufs'), await layerLines(join(base, 'upper'), 'overlay'), `seed ${seed} op ${i}: layers differ after ${JSON.stringify(o)}\nbefore:\n${before.join('\n')}`);
         }
         assert.deepEqual(await snapshot(u, '/'), await snapshot(fsp, mnt, skipHousekeeping), `seed ${seed} op ${i}: merged trees differ after ${JSON.stringify(o)}\n${log.join('\n')}\nbefore:\n${before.join('\n')}`);
+      }
+      // an independent reader of aufs' format: fuse-overlayfs over the engine's branches, its top
+      // included as the highest read-only layer, must show the engine's tree
+      if (fuseOverlayfs !== null) {
+        const fmnt = join(base, 'fmnt');
+        await fsp.mkdir(fmnt);
+        await run(fuseOverlayfs, ['-o', `lowerdir=${[join(base, 'top'), ...[...aufsLowers].reverse()].join(':')}`, fmnt]);
+        try {
+          assert.deepEqual(await snapshot(fsp, fmnt), await snapshot(u, '/'), `seed ${seed}: fuse-overlayfs reads the engine's branches differently`);
+        } finally {
+          await run('umount', [fmnt]);
+        }
       }
       // the engine also reads OverlayFS' own format: the kernel's layers, upper included
       const overlayView = await UnionFs.open({ lowers: [...ovlLowers, join(base, 'upper')], format: 'overlay' });
