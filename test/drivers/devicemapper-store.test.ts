@@ -174,6 +174,40 @@ describe('devicemapper under the layer store, and its options', () => {
     await cli(['rmi', 'base:1']);
   });
 
+  test('the pool service killed under a mounted layer: the next open sweeps the dead mount, synced data survives', async (root) => {
+    const d = await DevicemapperDriver.open({ root, options: small });
+    await d.create('a', null);
+    const p = await d.get('a');
+    const h = await open(join(p, 'synced'), 'w');
+    await h.writeFile('on the pool');
+    await h.sync();
+    await h.close();
+    const c = await PoolClient.connect(d.service);
+    const pid = (await c.request({ op: 'hello' })).pid!;
+    c.close();
+    d.disconnect();
+    process.kill(pid, 'SIGKILL');
+    for (let i = 0; i < 100; i++) {
+      try {
+        process.kill(pid, 0);
+        await new Promise((r) => setTimeout(r, 20));
+      } catch {
+        break;
+      }
+    }
+    const again = await DevicemapperDriver.open({ root, options: small });
+    const mounts = await readFile('/proc/self/mountinfo', 'utf8');
+    assert.ok(!mounts.includes(join(root, 'devicemapper/mnt/a')), 'the dead mount is gone');
+    const q = await again.get('a');
+    try {
+      assert.equal(await readFile(join(q, 'synced'), 'utf8'), 'on the pool');
+    } finally {
+      await again.put('a');
+    }
+    await again.cleanup();
+    await run('thin_check', [again.service.metadataPath]);
+  });
+
   test('all defaults: a 100G data and 2G metadata pool of sparse files, a 10G ext4 base device', async (root) => {
     // mkfs's zeroing reaches the pool as NBD WRITE_ZEROES, which unmaps: the 10G base stays cheap
     const d = await DevicemapperDriver.open({ root, options: {} });

@@ -80,19 +80,22 @@ export async function loopsOf(file: string): Promise<string[]> {
   return out.split('\n').map((s) => s.trim()).filter(Boolean);
 }
 
-/** Undo attachBlockDevice: detach the loop device(s), unmount the FUSE file, wait for nbdfuse. */
-export async function detachBlockDevice(fuseFile: string): Promise<void> {
+/**
+ * Undo attachBlockDevice: detach the loop device(s), unmount the FUSE file, wait for nbdfuse.
+ * `lazy` (for attachments whose server died): a FUSE file still held open is unmounted lazily.
+ */
+export async function detachBlockDevice(fuseFile: string, options: { lazy?: boolean } = {}): Promise<void> {
   const known = await attachedLoop(fuseFile);
   for (const loop of known ? [known] : await loopsOf(fuseFile)) await run('losetup', ['--detach', loop]);
-  await fuseUnmount(fuseFile);
+  await fuseUnmount(fuseFile, options.lazy === true);
   await rm(fuseFile, { force: true });
   await rm(`${fuseFile}.loop`, { force: true });
 }
 
-async function fuseUnmount(fuseFile: string): Promise<void> {
+async function fuseUnmount(fuseFile: string, lazy = false): Promise<void> {
   const pidFile = `${fuseFile}.pid`;
   const pid = Number.parseInt(await readFile(pidFile, 'utf8').catch(() => ''), 10);
-  await run('fusermount3', ['-u', '-q', fuseFile]).catch((err: unknown) => {
+  await run('fusermount3', ['-u', '-q', ...(lazy ? ['-z'] : []), fuseFile]).catch((err: unknown) => {
     // not mounted (already gone) is fine; anything else is not
     if (!/not found in|not mounted|Invalid argument|No such file/.test(String((err as Error).message))) throw err;
   });

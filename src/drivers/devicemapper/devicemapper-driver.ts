@@ -243,7 +243,7 @@ export class DevicemapperDriver implements Driver {
       const id = name.startsWith('_') ? name.slice(1) : name;
       const mp = this.mountpoint(id);
       if (await isMountpoint(mp)) await run('umount', ['-l', mp]).catch(() => undefined);
-      await detachBlockDevice(join(dev, name)).catch(() => undefined);
+      await detachBlockDevice(join(dev, name), { lazy: true }).catch(() => undefined);
       await this.refs.forget(id);
     }
     const scratch = join(this.service.runDir, 'base-mnt');
