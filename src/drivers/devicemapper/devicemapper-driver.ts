@@ -15,8 +15,11 @@
  *     mnt/<id>/rootfs/              what get() returns: the layer's content
  *     mnt/<id>/id                   <id>, written at first mount
  *     mountrefs/<id>                get/put counts (mount-refs.ts)
- *     run/                          the pool service: control.sock, nbd.sock, service.log,
- *     run/dev/<id>                    nbdfuse files the loop devices sit on (activation.ts)
+ *     run/                          the pool service (pool-service.ts): service.lock,
+ *                                     control.sock, nbd.sock, service.log, nbdfuse.log
+ *     run/dev/<id>                  nbdfuse file a loop device sits on, with <id>.pid (nbdfuse)
+ *                                   and <id>.loop (/dev/loopN) beside it (activation.ts)
+ *     run/base-mnt/                 scratch mount for growing the base filesystem (xfs)
  *
  * Ids that collide with the driver's own names (a layer called `base`) are stored as `_<id>`.
  * The pool is held by one service process (pool-service.ts); this driver talks to it.
