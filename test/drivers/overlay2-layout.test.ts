@@ -158,6 +158,33 @@ describe('overlay2 layout and mounts', () => {
     assert.ok(!(await isMountPoint(merged)));
   });
 
+  test('a mount found in place (dockerd on a shared root) is used, and left mounted on the last put', async (d, home) => {
+    const [a, b] = [ID(1), ID(2)];
+    await d.create(a, null);
+    await writeFile(join(home, a, 'diff', 'f'), 'f');
+    await d.createReadWrite(b, a);
+    const merged = join(home, b, 'merged');
+    await mkdir(merged);
+    const lower = await readFile(join(home, b, 'lower'), 'utf8');
+    const opts = `lowerdir=${lower},upperdir=${b}/diff,workdir=${b}/work`;
+    await new Promise<void>((resolve, reject) => spawn('mount', ['-t', 'overlay', 'overlay', '-o', opts, `${b}/merged`], { cwd: home }).on('close', (c) => (c === 0 ? resolve() : reject(new Error('mount')))));
+    try {
+      assert.equal(await d.get(b), merged);
+      assert.equal(await readFile(join(merged, 'f'), 'utf8'), 'f');
+      await d.put(b);
+      assert.ok(await isMountPoint(merged), 'the lender\'s mount stays');
+      await d.get(b);
+      await d.cleanup();
+      assert.ok(await isMountPoint(merged), 'cleanup leaves it too');
+    } finally {
+      await new Promise<void>((resolve) => spawn('umount', [merged]).on('close', () => resolve()));
+    }
+    assert.equal(await d.get(b), merged);
+    assert.ok(await isMountPoint(merged), 'mounted by Strata once the lender is gone');
+    await d.put(b);
+    assert.ok(!(await isMountPoint(merged)));
+  });
+
   test('remove never deletes through a stale mount', async (d, home) => {
     const [a, b] = [ID(1), ID(2)];
     await d.create(a, null);

@@ -184,11 +184,37 @@ export class Overlay2Driver implements Driver {
         return join(dir, 'diff');
       }
       const merged = join(dir, 'merged');
-      const count = await this.refs.change(id, 1, () => this.mountLayer(id, lower));
-      // A count without a mount (reboot, or cleanup by another process): mount again.
-      if (count > 1 && !(await isMountPoint(merged))) await this.mountLayer(id, lower);
+      const count = await this.refs.change(id, 1, async () => {
+        // Already mounted by someone else (dockerd on a shared root, which counts it the same
+        // way): use it, and leave it mounted on our last put.
+        if (await isMountPoint(merged)) await writeFile(this.borrowedMarker(id), '');
+        else await this.mountLayer(id, lower);
+      });
+      // A count without a mount (reboot, cleanup elsewhere, the lender unmounted): mount again.
+      if (count > 1 && !(await isMountPoint(merged))) {
+        await this.mountLayer(id, lower);
+        await rm(this.borrowedMarker(id), { force: true });
+      }
       return merged;
     });
+  }
+
+  /** Marks a mount Strata found in place rather than made (kept beside the counts). */
+  private borrowedMarker(id: string): string {
+    return join(this.home, 'mountrefs', `.borrowed-${id}`);
+  }
+
+  /** Undo our mount of `id`, unless it was borrowed. */
+  private async release(id: string): Promise<void> {
+    const marker = this.borrowedMarker(id);
+    if ((await this.readOptional(marker)) !== null) {
+      await rm(marker, { force: true });
+      return;
+    }
+    const merged = join(this.dir(id), 'merged');
+    if (await isMountPoint(merged)) await unmount(merged);
+    // Docker removes the mount point too, which unmounts copies in other mount namespaces.
+    await rmdir(merged).catch(() => undefined);
   }
 
   private async mountLayer(id: string, lower: string): Promise<void> {
@@ -211,29 +237,22 @@ export class Overlay2Driver implements Driver {
   }
 
   async put(id: string): Promise<void> {
-    const dir = this.dir(id);
+    this.dir(id);
     await this.withMountLock(async () => {
-      await this.refs.change(id, -1, async () => {
-        const merged = join(dir, 'merged');
-        if (await isMountPoint(merged)) await unmount(merged);
-        // Docker removes the mount point too, which unmounts copies in other mount namespaces.
-        await rmdir(merged).catch(() => undefined);
-      });
+      await this.refs.change(id, -1, () => this.release(id));
     });
   }
 
   /**
    * Unmount every layer Strata counted as mounted (also what a crashed process left: its counts
-   * are on disk) and forget the counts. Overlay mounts Strata did not count are left alone: on a
+   * are on disk) and forget the counts. Overlay mounts Strata did not make are left alone: on a
    * root shared with a running dockerd they are Docker's containers.
    */
   async cleanup(): Promise<void> {
     await mkdir(this.home, { recursive: true });
     await this.withMountLock(async () => {
       for (const id of await this.refs.mounted()) {
-        const merged = join(this.home, id, 'merged');
-        if (await isMountPoint(merged)) await unmount(merged);
-        await rmdir(merged).catch(() => undefined);
+        await this.release(id);
         await this.refs.forget(id);
       }
     });
