@@ -11,11 +11,10 @@
  */
 import {
   chmodSync, chownSync, closeSync, constants, copyFileSync, fchmodSync, fchownSync, futimesSync,
-  linkSync, lchownSync, lstatSync, lutimesSync, mkdirSync, mkdtempSync, openSync, readdirSync,
+  linkSync, lchownSync, lstatSync, lutimesSync, mkdirSync, mkdtempSync, open as openCb, openSync, readdirSync,
   realpathSync, rmSync, symlinkSync, unlinkSync, utimesSync, writeSync,
 } from 'node:fs';
 import { isUtf8 } from 'node:buffer';
-import { open as openAsync } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import type { Readable } from 'node:stream';
 import { isErrno, isStrataError, strataError } from '../errors.js';
@@ -310,24 +309,28 @@ class Applier {
   private async pipeline(path: string, rel: string, data: Buffer, h: TarHeader): Promise<void> {
     while (this.inflight.size >= this.concurrency) await Promise.race(this.inflight);
     if (this.failure) await this.drain();
-    const task = (async () => {
-      let fh;
-      try {
-        fh = await openAsync(path, O_CREATE_FILE, 0o600);
-      } catch (err) {
-        throw wrapFsError(err, rel);
-      }
-      try {
-        let off = 0;
-        while (off < data.length) off += (await fh.write(data, off, data.length - off)).bytesWritten;
-        if (this.chown) await fh.chown(h.uid, h.gid);
-        await fh.chmod(h.mode & 0o7777);
-        this.xattrs(path, h);
-        await fh.utimes(h.atime ?? h.mtime, h.mtime);
-      } finally {
-        await fh.close();
-      }
-    })();
+    // only the open (path lookup, inode allocation: the slow part) goes to the thread pool;
+    // the writes and metadata calls on the new fd are cheap and stay synchronous
+    const task = new Promise<void>((resolve, reject) => {
+      openCb(path, O_CREATE_FILE, 0o600, (err, fd) => {
+        if (err) {
+          reject(wrapFsError(err, rel));
+          return;
+        }
+        try {
+          writeAll(fd, data);
+          if (this.chown) fchownSync(fd, h.uid, h.gid);
+          fchmodSync(fd, h.mode & 0o7777);
+          this.xattrs(path, h);
+          futimesSync(fd, h.atime ?? h.mtime, h.mtime);
+          resolve();
+        } catch (e) {
+          reject(e);
+        } finally {
+          closeSync(fd);
+        }
+      });
+    });
     const tracked: Promise<void> = task.then(
       () => { this.inflight.delete(tracked); },
       (err: unknown) => {

@@ -227,7 +227,7 @@ describe('the push disassembler agrees with readTar on every archive we have', (
     const records: string[] = [];
     let pos = 0;
     const seen = new Set<string>();
-    const add = (e: Parameters<typeof enc>[0]) => records.push(enc({ ...e, position: pos++ }));
+    const add = (e: Parameters<typeof enc>[0]): void => { records.push(enc({ ...e, position: pos++ })); };
     try {
       for await (const e of readTar(bufferStream(tar, chunk), {
         onEnd: (raw) => { if (raw.length) add({ type: 2, payload: raw, position: 0 }); },
