@@ -18,7 +18,7 @@ import { Pool, type ThinDevice } from '../../thin/index.js';
 import { NbdServer } from '../../nbd/server.js';
 import { lockFile, type FileLock } from '../../util/file-lock.js';
 import { isStrataError, strataError } from '../../errors.js';
-import { ThinExport } from './thin-export.js';
+import { ThinExport } from '../../nbd/thin-export.js';
 import { lineSplitter, type ActiveDevice, type ServiceRequest, type ServiceResponse } from './service-protocol.js';
 
 export interface ServiceConfig {
@@ -126,7 +126,7 @@ export async function runPoolService(config: ServiceConfig): Promise<void> {
           return { ok: true };
         }
         const dev = await pool.openThin(req.deviceId, req.size);
-        const exp = new ThinExport(req.name, dev);
+        const exp = new ThinExport(dev, { name: req.name });
         nbd.addExport(exp);
         active.set(req.name, { dev, exp });
         return { ok: true };
