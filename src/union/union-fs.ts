@@ -256,10 +256,11 @@ export class UnionFs {
 
   async link(existingPath: string, newPath: string): Promise<void> {
     this.requireWritable('link', newPath);
+    // the kernel's order (fs/namei.c do_linkat): source lookup, target creation, then the type check
     const src = await this.resolver.existing(existingPath, false, 'link');
-    if (src.node.type === 'dir') throw errnoError('EPERM', 'link', existingPath, newPath);
     const dst = await this.resolver.resolve(newPath, false, 'link');
     if (dst.node !== null) throw errnoError('EEXIST', 'link', existingPath, newPath);
+    if (src.node.type === 'dir') throw errnoError('EPERM', 'link', existingPath, newPath);
     this.checkName(dst.name, 'link', newPath);
     const srcTop = await this.up.copyUp(src.node);
     const parentTop = await this.up.ensureDir(dst.parent);

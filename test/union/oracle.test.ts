@@ -164,6 +164,7 @@ type Op =
   | { op: 'unlink' | 'rmdir' | 'rmrf' | 'truncate'; path: string }
   | { op: 'mkdir'; path: string; mode: number }
   | { op: 'rename'; path: string; to: string }
+  | { op: 'link'; path: string; to: string }
   | { op: 'symlink'; path: string; target: string }
   | { op: 'chmod'; path: string; mode: number }
   | { op: 'chown'; path: string; uid: number };
@@ -175,12 +176,13 @@ function randomOp(r: () => number, existing: string[]): Op {
     const base = existing.length > 0 && r() < 0.6 ? pick(existing) + '/' : '';
     return base + pick(NAMES) + (r() < 0.3 ? 'x' : '');
   };
-  const kind = pick(['writeFile', 'writeFile', 'appendFile', 'unlink', 'rmdir', 'rmrf', 'rmrf', 'mkdir', 'mkdir', 'rename', 'rename', 'rename', 'symlink', 'chmod', 'chown', 'truncate'] as const);
+  const kind = pick(['writeFile', 'writeFile', 'appendFile', 'unlink', 'rmdir', 'rmrf', 'rmrf', 'mkdir', 'mkdir', 'rename', 'rename', 'rename', 'symlink', 'chmod', 'chown', 'truncate', 'link'] as const);
   switch (kind) {
     case 'writeFile': case 'appendFile': return { op: kind, path: r() < 0.5 ? some() : fresh(), data: `w${Math.floor(r() * 1e6)}` };
     case 'unlink': case 'rmdir': case 'rmrf': case 'truncate': return { op: kind, path: some() };
     case 'mkdir': return { op: 'mkdir', path: fresh(), mode: pick([0o755, 0o700]) };
     case 'rename': return { op: 'rename', path: some(), to: r() < 0.5 ? fresh() : some() };
+    case 'link': return { op: 'link', path: some(), to: r() < 0.8 ? fresh() : some() };
     case 'symlink': {
       const target = pick(NAMES) + (r() < 0.5 ? '' : '/' + pick(NAMES));
       return { op: 'symlink', path: fresh(), target };
@@ -207,6 +209,7 @@ async function applyKernel(mnt: string, o: Op): Promise<void> {
     case 'symlink': return fsp.symlink(o.target, p);
     case 'chmod': return fsp.chmod(p, o.mode);
     case 'chown': return fsp.chown(p, o.uid, o.uid);
+    case 'link': return fsp.link(p, join(mnt, o.to));
     case 'rename': {
       const to = join(mnt, o.to);
       try {
@@ -235,6 +238,7 @@ async function applyEngine(u: UnionFs, o: Op): Promise<void> {
     case 'chmod': return u.chmod(o.path, o.mode);
     case 'chown': return u.chown(o.path, o.uid, o.uid);
     case 'rename': return u.rename(o.path, o.to);
+    case 'link': return u.link(o.path, o.to);
   }
 }
 
@@ -292,7 +296,15 @@ test('union engine matches kernel OverlayFS on random layers and operations', as
         await fsp.mkdir(fmnt);
         await run(fuseOverlayfs, ['-o', `lowerdir=${[join(base, 'top'), ...[...aufsLowers].reverse()].join(':')}`, fmnt]);
         try {
-          assert.deepEqual(await snapshot(fsp, fmnt), await snapshot(u, '/'), `seed ${seed}: fuse-overlayfs reads the engine's branches differently`);
+          const viaFuse = await snapshot(fsp, fmnt).catch((err: NodeJS.ErrnoException) => {
+            // fuse-overlayfs 1.10 fails a readdir with ENOMEM when a directory shadows a
+            // self-referencing symlink (`a -> a/c`) of a lower branch; the kernel and the engine
+            // do not (reproduced by hand; see src/drivers/aufs/README.md)
+            if (err.code === 'ENOMEM') return null;
+            return [`seed ${seed}: reading through fuse-overlayfs failed: ${err.message}`];
+          });
+          if (viaFuse === null) t.diagnostic(`seed ${seed}: fuse-overlayfs cross-read skipped (its ENOMEM on a directory over a looping symlink)`);
+          else assert.deepEqual(viaFuse, await snapshot(u, '/'), `seed ${seed}: fuse-overlayfs reads the engine's branches differently\n${log.join('\n')}`);
         } finally {
           await run('umount', [fmnt]);
         }
