@@ -45,9 +45,9 @@ export class AufsDriver implements Driver {
   private program: Promise<MountProgram | string> | null = null;
 
   constructor(opts: DriverOptions) {
-    for (const key of Object.keys(opts.options)) {
-      throw strataError('INVALID_OPTION', `aufs: unknown option ${key}`);
-    }
+    // moby's aufs driver takes no storage options either
+    const unknown = Object.keys(opts.options)[0];
+    if (unknown !== undefined) throw strataError('INVALID_OPTION', `aufs: unknown option ${unknown}`);
     this.home = join(opts.root, 'aufs');
     this.refs = new MountRefs(this.home);
   }
@@ -99,6 +99,7 @@ export class AufsDriver implements Driver {
   async create(id: string, parent: string | null, _opts?: CreateOptions): Promise<void> {
     const diff = this.diffDir(id);
     if (await this.exists(id)) throw strataError('LAYER_EXISTS', `layer ${id} already exists`, { id });
+    if (parent !== null && !(await this.exists(parent))) throw strataError('LAYER_NOT_FOUND', `parent layer ${parent} not found`, { id: parent });
     const parentAncestors = parent === null ? [] : await this.ancestors(parent);
     for (const d of ['diff', 'mnt', 'layers']) await mkdir(join(this.home, d), { recursive: true, mode: 0o700 });
     // directories first, the layers file last: it is what makes the layer exist
