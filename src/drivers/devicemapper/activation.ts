@@ -7,7 +7,7 @@
  * Every piece outlives the calling process, as dm devices do; another process undoes them from
  * names alone (the loop device is found from its backing file).
  */
-import { mkdir, rm, readFile } from 'node:fs/promises';
+import { access, mkdir, rm, rmdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { strataError } from '../../errors.js';
 import type { DmOptions } from './options.js';
@@ -92,21 +92,24 @@ export class Activation {
       } else if (/busy/i.test(String((err as Error).message)) && this.options.deferredRemoval) {
         await run('umount', ['-l', mountpoint]);
         await this.deferredDeactivate(hash);
-        await rm(mountpoint, { recursive: false, force: true }).catch(() => undefined);
+        await rmdir(mountpoint).catch(() => undefined);
         return;
       } else if (/busy/i.test(String((err as Error).message))) {
         throw strataError('DEVICE_BUSY', `devicemapper: ${mountpoint} is busy`, { id: hash, path: mountpoint }, err);
       } else throw err;
     }
     await this.deactivate(hash);
-    await rm(mountpoint, { recursive: false, force: true }).catch(() => undefined);
+    await rmdir(mountpoint).catch(() => undefined);
   }
 
   /** Loop device set to autoclear, FUSE unmounted lazily, export dropped when unused. */
   private async deferredDeactivate(hash: string): Promise<void> {
     for (const loop of await loopsOf(this.fuseFile(hash))) await run('losetup', ['--detach', loop]).catch(() => undefined);
-    await run('fusermount3', ['-u', '-z', '-q', this.fuseFile(hash)]).catch(() => undefined);
+    const file = this.fuseFile(hash);
+    await run('fusermount3', ['-u', '-z', '-q', file]).catch(() => undefined);
     await (await this.client()).request({ op: 'deactivate', name: this.deviceName(hash), deferred: true });
+    // from here the service lets go by itself; nothing left for releaseLeftover to find
+    for (const f of [file, `${file}.loop`, `${file}.pid`]) await rm(f, { force: true });
   }
 
   /** Freeze a mounted origin around a snapshot of it (dm suspends with lockfs). */
@@ -118,6 +121,12 @@ export class Activation {
     } finally {
       await run('fsfreeze', ['--unfreeze', mountpoint]);
     }
+  }
+
+  /** An unmounted device still attached (a put cut short): detach and stop serving it. */
+  async releaseLeftover(hash: string): Promise<void> {
+    const file = this.fuseFile(hash);
+    if (await access(file).then(() => true, () => false)) await this.deactivate(hash);
   }
 
   /** Deactivate a device if it happens to be active (before delete); ignores "not active". */

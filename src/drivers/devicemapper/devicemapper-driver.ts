@@ -146,6 +146,7 @@ export class DevicemapperDriver implements Driver {
       const info = await this.set.lookup(id);
       if (!info) throw strataError('LAYER_NOT_FOUND', `layer ${id} not found`, { id });
       if ((await this.refs.count(id)) > 0) throw strataError('LAYER_MOUNTED', `layer ${id} is mounted`, { id });
+      await this.act.releaseLeftover(id);
       await this.set.delete(id, info);
       await this.refs.forget(id);
     });
