@@ -54,7 +54,7 @@ describe('devicemapper: dm.* options', () => {
       { 'dm.nosuchthing': '1' }, { size: '10G' }, { 'dm.basesize': 'ten' }, { 'dm.blocksize': '100K' },
       { 'dm.blocksize': '2G' }, { 'dm.fs': 'btrfs' }, { 'dm.min_free_space': '10' }, { 'dm.min_free_space': '100%' },
       { 'dm.blkdiscard': 'maybe' }, { 'dm.thinpooldev': 'docker-pool' }, { 'dm.directlvm_device': '/dev/xvdf' },
-      { 'dm.datadev': '/tmp/data' },
+      { 'dm.datadev': '/tmp/data' }, { 'dm.use_deferred_deletion': 'true' },
     ];
     for (const opts of bad) {
       assert.throws(() => parseDmOptions(opts), (e) => isStrataError(e, 'INVALID_OPTION'), JSON.stringify(opts));

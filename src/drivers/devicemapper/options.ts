@@ -128,6 +128,10 @@ export function parseDmOptions(input: Record<string, string>): DmOptions {
   if ((o.dataDev === null) !== (o.metadataDev === null)) {
     throw strataError('INVALID_OPTION', 'devicemapper: dm.datadev and dm.metadatadev must be given together');
   }
+  // as moby: a device still in use can only be deleted later if it can be released later
+  if (o.deferredDeletion && !o.deferredRemoval) {
+    throw strataError('INVALID_OPTION', 'devicemapper: deferred deletion cannot be enabled without deferred removal (dm.use_deferred_removal=true)', { key: 'dm.use_deferred_deletion' });
+  }
   // as moby: a caller-provided data device is not discarded unless asked explicitly
   if (o.dataDev !== null && !blkDiscardExplicit) o.blkDiscard = false;
   if (o.baseSize % 512 !== 0) throw strataError('INVALID_OPTION', 'devicemapper: dm.basesize must be a multiple of 512 bytes', { key: 'dm.basesize' });
