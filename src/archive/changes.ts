@@ -21,8 +21,9 @@ export function sortChanges<T extends Change>(changes: T[]): T[] {
 
 /**
  * Go's sameFsTimeSpec: equal seconds, and equal nanoseconds unless either side has none. Node
- * can only set times as a double (about 0.25 µs of precision today), so nanoseconds within a
- * microsecond count as equal: a tree applied by us compares equal to its source.
+ * can only set times as a double (about 0.25 µs of precision today, then truncated to whole
+ * microseconds), so times within 2 µs count as equal: a tree applied by us compares equal to its
+ * source.
  */
 export function sameTime(a: bigint, b: bigint): boolean {
   const as = a / 1_000_000_000n;
@@ -32,7 +33,7 @@ export function sameTime(a: bigint, b: bigint): boolean {
   const bn = b % 1_000_000_000n;
   if (an === bn || an === 0n || bn === 0n) return true;
   const d = an > bn ? an - bn : bn - an;
-  return d < 1000n;
+  return d < 2000n;
 }
 
 function isDir(st: BigIntStats): boolean {

@@ -232,3 +232,15 @@ describe('paths and whiteouts', () => {
     assert.equal(opaqueName('/a/'), 'a/.wh..wh..opq');
   });
 });
+
+describe('mtime comparison (changes)', () => {
+  it("follows Go's sameFsTimeSpec, with 2 µs of slack for times set through Node's doubles", async () => {
+    const { sameTime } = await import('../../src/archive/changes.js');
+    const s = 1796143726n * 1_000_000_000n;
+    assert.ok(sameTime(s + 106972023n, s + 106972023n));
+    assert.ok(sameTime(s + 106972023n, s), 'one side without nanoseconds');
+    assert.ok(sameTime(s + 106972023n, s + 106971000n), 'Node rounding');
+    assert.ok(!sameTime(s + 106972023n, s + 106960000n));
+    assert.ok(!sameTime(s + 5n, s + 1_000_000_005n), 'different seconds');
+  });
+});
