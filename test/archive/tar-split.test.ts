@@ -7,7 +7,7 @@ import { PassThrough, Readable } from 'node:stream';
 import { gunzipSync, gzipSync } from 'node:zlib';
 import { isStrataError } from '../../src/errors.js';
 import {
-  TarSplitRecorder, applyLayerTar, assembleTar, buildTar, encodeHeader, openLayerStream, decodeTarSplitEntry,
+  TarSplitRecorder, applyLayerTar, assembleTar, buildTar, encodeHeader, openLayerStream, decodeTarSplitEntry, readTar,
 } from '../../src/archive/index.js';
 import { bufferStream, collect, run, sha256, sink, tempDir } from './helpers.js';
 
@@ -310,5 +310,40 @@ describe('the push disassembler agrees with readTar on every archive we have', (
     } finally {
       t.cleanup();
     }
+  });
+});
+
+describe('bounded memory', () => {
+  it('streams a 512 MiB entry through TarSplitRecorder and readTar without holding it', async () => {
+    const SIZE = 512 * 1024 * 1024;
+    const zero = Buffer.alloc(1 << 20);
+    async function* layer(): AsyncGenerator<Buffer> {
+      yield encodeHeader({ name: 'big.bin', size: SIZE });
+      for (let i = 0; i < SIZE / zero.length; i++) yield zero;
+      yield encodeHeader({ name: 'after', size: 1 });
+      yield Buffer.concat([Buffer.from('!'), Buffer.alloc(511 + 1024)]);
+    }
+    const before = process.memoryUsage().rss;
+    let peak = before;
+    const timer = setInterval(() => { peak = Math.max(peak, process.memoryUsage().rss); }, 20);
+    try {
+      const out = sink();
+      const rec = new TarSplitRecorder(out.stream);
+      const names: string[] = [];
+      let bytes = 0;
+      for await (const e of readTar(Readable.from(layer()).pipe(rec))) {
+        names.push(e.header.name);
+        for await (const c of e.chunks()) bytes += c.length;
+      }
+      const r = await rec.finished();
+      assert.deepEqual(names, ['big.bin', 'after']);
+      assert.equal(bytes, SIZE + 1);
+      assert.equal(r.size, SIZE + 2048 + 512);
+      const records = gunzipSync(out.data()).toString().trim().split('\n').map((l) => decodeTarSplitEntry(l));
+      assert.equal(records.find((e) => e.name === 'big.bin')?.size, SIZE);
+    } finally {
+      clearInterval(timer);
+    }
+    assert.ok(peak - before < 96 * 1024 * 1024, `RSS grew by ${((peak - before) / 2 ** 20).toFixed(0)} MiB`);
   });
 });
