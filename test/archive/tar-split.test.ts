@@ -153,7 +153,12 @@ describe('apply → tar-split → assembleTar reproduces the exact tar', () => {
     });
   }
 
-  it('Python tarfile (GNU with a non-UTF-8 name, and PAX)', async () => {
+  it('Python tarfile (GNU with a non-UTF-8 name, and PAX)', async (ctx) => {
+    try {
+      run('python3', ['-c', 'import tarfile']);
+    } catch {
+      return ctx.skip('python3 is not installed');
+    }
     const py = `
 import tarfile, io, sys
 for fmt in (tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
@@ -203,8 +208,8 @@ describe('openLayerStream (compression by magic)', () => {
     assert.ok((await collect(await openLayerStream(bufferStream(zst, 5)))).equals(tar));
   });
   it('refuses bzip2 and xz with UNSUPPORTED_ARCHIVE', async () => {
-    assert.equal(await errorCode(openLayerStream(bufferStream(run('bzip2', ['-c'], { input: tar })))), 'UNSUPPORTED_ARCHIVE');
-    assert.equal(await errorCode(openLayerStream(bufferStream(run('xz', ['-c'], { input: tar })))), 'UNSUPPORTED_ARCHIVE');
+    assert.equal(await errorCode(openLayerStream(bufferStream(Buffer.concat([Buffer.from('BZh91AY&SY'), tar])))), 'UNSUPPORTED_ARCHIVE');
+    assert.equal(await errorCode(openLayerStream(bufferStream(Buffer.concat([Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]), tar])))), 'UNSUPPORTED_ARCHIVE');
   });
   it('reports truncated gzip and corrupt zstd', async () => {
     const gz = gzipSync(tar);
