@@ -198,6 +198,8 @@ export class TarSplitRecorder extends Transform {
   override _destroy(err: Error | null, cb: (error?: Error | null) => void): void {
     this.rejectDone(err ?? strataError('INTERNAL', 'TarSplitRecorder destroyed before the layer ended'));
     this.gzip.destroy();
+    // the records are useless now: close the sink (a temp file's descriptor, say)
+    if (this.digest === null && !this.sink.destroyed) this.sink.destroy();
     cb(err);
   }
 }
