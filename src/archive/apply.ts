@@ -219,9 +219,7 @@ class Applier {
       case TYPE.contiguous: {
         const fresh = this.isNew(parent, path);
         if (fresh && this.concurrency > 1 && entry.dataSize <= PIPELINE_MAX) {
-          const parts: Buffer[] = [];
-          for await (const chunk of entry.chunks()) parts.push(chunk);
-          const data = parts.length === 1 ? parts[0]! : Buffer.concat(parts);
+          const data = await entry.readAll();
           this.created.add(path);
           this.unpacked.add(path);
           await this.pipeline(path, rel, data, h);

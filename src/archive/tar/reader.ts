@@ -27,6 +27,8 @@ export interface TarEntry {
   readonly body: Readable;
   /** The data as zero-copy chunks (faster than `body`; use one or the other). */
   chunks(): AsyncGenerator<Buffer, void, undefined>;
+  /** All the data in one buffer (for small entries: it is held in memory). */
+  readAll(): Promise<Buffer>;
 }
 
 export interface ReadTarOptions {
@@ -151,6 +153,23 @@ class Entry implements TarEntry {
       const c = await this.nextChunk();
       if (c === null) return;
       yield c;
+    }
+  }
+
+  async readAll(): Promise<Buffer> {
+    if (this.reading) throw strataError('INTERNAL', 'tar entry data is already being read');
+    this.reading = true;
+    if (this.remaining === 0) return Buffer.alloc(0);
+    if (this.src.length >= this.remaining) {
+      const all = this.src.take(this.remaining);
+      this.remaining = 0;
+      return all;
+    }
+    const parts: Buffer[] = [];
+    for (;;) {
+      const c = await this.nextChunk();
+      if (c === null) return parts.length === 1 ? parts[0]! : Buffer.concat(parts);
+      parts.push(c);
     }
   }
 
