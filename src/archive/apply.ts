@@ -246,6 +246,7 @@ class Applier {
             mkdirSync(path, 0o700);
             this.created.add(path);
             this.freshDirs.add(path);
+            this.resolver.remember(rel, path);
           } catch (err) {
             if (!isErrno(err, 'EEXIST')) throw err;
             const st = lstatSync(path);

@@ -79,6 +79,11 @@ export class RootResolver {
     this.cache.set('', root);
   }
 
+  /** Record that logical directory `rel` is the real directory `real` (just created there). */
+  remember(rel: string, real: string): void {
+    this.cache.set(rel, real);
+  }
+
   invalidate(): void {
     this.cache.clear();
     this.cache.set('', this.root);
