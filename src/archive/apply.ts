@@ -148,6 +148,8 @@ class Applier {
       if (mode === 'overlay') {
         mknodSync(victim, 'char', 0, 0);
         if (this.chown) lchownSync(victim, h.uid, h.gid);
+        // the header's times (moby leaves the apply time): re-diffing gives the same whiteout
+        lutimesSync(victim, h.atime ?? h.mtime, h.mtime);
         this.unpacked.add(victim);
         this.created.add(victim);
       }

@@ -175,7 +175,7 @@ describe('whiteouts', () => {
     const tar = buildTar([
       { header: { name: 'dir/', typeflag: TYPE.dir, mode: 0o40750 } },
       { header: { name: 'dir/.wh..wh..opq' } },
-      { header: { name: 'dir/.wh.gone', uid: 1234, gid: 5678 } },
+      { header: { name: 'dir/.wh.gone', uid: 1234, gid: 5678, mtime: 1234567890 } },
       { header: { name: 'dir/kept' }, data: 'k' },
     ]);
     await apply(upper, tar, 'overlay');
@@ -184,6 +184,7 @@ describe('whiteouts', () => {
     assert.equal(st.rdev, 0);
     assert.equal(st.uid, 1234);
     assert.equal(st.gid, 5678);
+    assert.equal(st.mtimeMs, 1234567890000, 'the whiteout keeps the header mtime, so a re-diff is identical');
     assert.equal(getAttributeSync(`${upper}/dir`, 'trusted.overlay.opaque')?.toString(), 'y');
     assert.ok(!existsSync(`${upper}/dir/.wh.gone`));
     // and back: tarUpperDir converts to OCI whiteouts, changesFromUpper sees D and A
