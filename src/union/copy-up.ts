@@ -60,6 +60,13 @@ async function copyObject(src: string, st: Stats, dst: string, withData: boolean
  * and reads of a not-yet-copied name are redirected to it, so the hardlink group stays one file.
  */
 export class CopyUp {
+  /**
+   * Copy-ups in progress, by destination path. Two callers copying up one object share the first
+   * one's work: a second rename would replace the first copy, and a writer that already holds the
+   * first one's path would then write into an unlinked file, or create a name in a dead directory.
+   */
+  private readonly inflight = new Map<string, Promise<void>>();
+
   constructor(
     private readonly branches: Branches,
     private readonly resolver: Resolver,
@@ -106,17 +113,23 @@ export class CopyUp {
       await this.ensureDir(parent);
     }
     const src = this.branches.real(node.branches[0] as number, node.rel);
-    const stage = await this.stagingPath();
-    await copyObject(src, await lstat(src), stage, false);
-    try {
+    await this.once(dst, async () => {
+      if ((await lstatOrNull(dst))?.isDirectory() === true) return; // another caller made it already
+      const stage = await this.stagingPath();
+      await copyObject(src, await lstat(src), stage, false);
       await rename(stage, dst);
-    } catch (err) {
-      // a concurrent copy-up of the same directory won the race (and may already hold entries)
-      if (!isErrno(err, 'EEXIST', 'ENOTEMPTY') || !(await lstat(dst)).isDirectory()) throw err;
-      await rm(stage, { recursive: true, force: true });
-    }
-    node.branches = [top, ...node.branches];
+    });
+    if (node.branches[0] !== top) node.branches = [top, ...node.branches];
     return dst;
+  }
+
+  private async once(dst: string, work: () => Promise<void>): Promise<void> {
+    let pending = this.inflight.get(dst);
+    if (pending === undefined) {
+      pending = work().finally(() => this.inflight.delete(dst));
+      this.inflight.set(dst, pending);
+    }
+    await pending;
   }
 
   /** Copy non-directory `node` up (with data unless `withData` is false); returns its real path in the top. */
@@ -129,6 +142,14 @@ export class CopyUp {
     if (parent === null) throw errnoError('ENOENT', 'copyup', '/' + node.rel);
     await this.ensureDir(parent);
     const src = this.branches.real(node.branches[0] as number, node.rel);
+    await this.once(dst, async () => {
+      if ((await lstatOrNull(dst)) === null) await this.copyNonDirectory(src, dst, withData);
+    });
+    node.branches = [top];
+    return dst;
+  }
+
+  private async copyNonDirectory(src: string, dst: string, withData: boolean): Promise<void> {
     const st = await lstat(src);
     if (st.isFile() && st.nlink > 1) {
       const plink = this.plinkPath(st);
@@ -149,8 +170,6 @@ export class CopyUp {
       await copyObject(src, st, stage, withData);
       await rename(stage, dst);
     }
-    node.branches = [top];
-    return dst;
   }
 
   /**

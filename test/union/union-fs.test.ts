@@ -246,3 +246,11 @@ test('concurrent writes under one lower directory copy it up once', async (t) =>
   assert.equal((await u.readdir('a/b/c')).length, 17);
   assert.deepEqual(await fsp.readdir(join(top, '.wh..wh.orph')), [], 'no staging left behind');
 });
+
+test('concurrent appends to one lower file copy it up once and keep every append', async (t) => {
+  const { u } = await stack(t, [[file('log', 'start\n')]]);
+  await Promise.all(Array.from({ length: 16 }, (_, i) => u.appendFile('log', `line ${i}\n`)));
+  const lines = (await u.readFile('log', 'utf8')).trim().split('\n');
+  assert.equal(lines[0], 'start');
+  assert.deepEqual(lines.slice(1).sort(), Array.from({ length: 16 }, (_, i) => `line ${i}`).sort());
+});
