@@ -8,7 +8,8 @@
  *   await strata.unmount('web');
  *   await strata.commit('web', { ref: 'web:1' });
  */
-import { mkdir, readdir } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough, type Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
@@ -24,6 +25,7 @@ import { ContainerStore, type ContainerRecord } from './store/container-store.js
 import { withWriteLock, type WriteTxn } from './store/write-lock.js';
 import { defaultRoot } from './store/paths.js';
 import { generateName } from './store/names.js';
+import { UnionFs } from './union/index.js';
 
 export interface OpenOptions {
   root?: string;
@@ -288,6 +290,29 @@ export class Strata {
       const info = await this.layers.get(c);
       return { diffId: config.rootfs.diff_ids[i]!, chainId: c, size: info.size, open: () => this.layers.tarStream(c) };
     }));
+  }
+
+  /**
+   * A read-only view of an image's filesystem without extracting or mounting it: the union
+   * engine over the layers' diff directories (aufs, overlay2), or over the top layer's directory
+   * from `get` (vfs' full copy; devicemapper mounts). Call `release` when done.
+   */
+  async imageFs(ref: string): Promise<{ fs: UnionFs; release: () => Promise<void> }> {
+    const { config } = await this.images.get(await this.images.resolve(ref));
+    const chain = await Promise.all(chainIds(config.rootfs.diff_ids).map((c) => this.layers.get(c)));
+    const top = chain.at(-1);
+    if (!top) {
+      // an image with no layers (FROM scratch, nothing added) is an empty directory
+      const empty = await mkdtemp(join(tmpdir(), 'strata-empty-'));
+      return { fs: await UnionFs.open({ lowers: [empty] }), release: () => rm(empty, { recursive: true, force: true }) };
+    }
+    const format = this.driver.capabilities.whiteoutFormat;
+    if (this.driver.diffDirectory && format !== undefined) {
+      const lowers = await Promise.all(chain.map((l) => this.driver.diffDirectory!(l.cacheId)));
+      return { fs: await UnionFs.open({ lowers, format }), release: async () => undefined };
+    }
+    const dir = await this.driver.get(top.cacheId);
+    return { fs: await UnionFs.open({ lowers: [dir] }), release: () => this.driver.put(top.cacheId) };
   }
 
   // ---- containers ---------------------------------------------------------------------------

@@ -66,6 +66,11 @@ export interface DriverCapabilities {
   requiresRoot: boolean;
   /** Layers are plain directories readable without mounting (vfs, overlay2 diff, aufs diff). */
   directoryLayers: boolean;
+  /**
+   * How deletions are recorded in diffDirectory(): `.wh.` files (aufs) or 0/0 character devices
+   * and `trusted.overlay.opaque` (overlay). Lets readers stack diff directories in user space.
+   */
+  whiteoutFormat?: 'aufs' | 'overlay';
 }
 
 export interface CreateOptions {

@@ -1,10 +1,13 @@
-// End-to-end: the strata CLI on a vfs root, as a user would drive it.
+// End-to-end: the strata CLI as a user would drive it (vfs; cat and ls on every directory driver).
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { rm, writeFile, readFile, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { strata, strataOk } from '../helpers/cli.js';
-import { applyOps, dir, file, layerTar, tempDir, run } from '../helpers/fstest.js';
+import { tmpdir } from 'node:os';
+import { applyOps, dir, file, isRoot, layerTar, sym, tempDir, run } from '../helpers/fstest.js';
+import { probeOverlay2 } from '../../src/drivers/overlay2/overlay-support.js';
+import { probeAufs } from '../../src/drivers/aufs/aufs-driver.js';
 
 describe('strata CLI (vfs)', () => {
   let root: string;
@@ -97,6 +100,55 @@ describe('strata CLI (vfs)', () => {
     assert.match(info, /Storage Driver: vfs/);
   });
 });
+
+// The same reads on every directory-layer driver: vfs reads its full copy, overlay2 and aufs
+// stack diff directories in user space, each with its own whiteout format.
+const readDrivers: Array<[string, () => Promise<string | null>]> = [
+  ['vfs', async () => null],
+  ['overlay2', () => (isRoot ? probeOverlay2(tmpdir()) : Promise.resolve('overlay2 needs root'))],
+  ['aufs', () => (isRoot ? probeAufs('') : Promise.resolve('aufs needs root'))],
+];
+
+for (const [driver, unavailable] of readDrivers) {
+  describe(`strata cat and ls (${driver})`, () => {
+    it('read an image without a container: symlinks inside it, whiteouts and opaque dirs of upper layers', async (t) => {
+      const reason = await unavailable();
+      if (reason !== null) return t.skip(reason);
+      const root = await tempDir('strata-cat-');
+      const cli = (args: string[], input?: Buffer) => strataOk(root, ['--storage-driver', driver, ...args], input ? { input } : {});
+      try {
+        const tar = await layerTar([
+          dir('etc'), file('etc/os-release', 'ID=cat\n'), sym('etc/link', 'os-release'), sym('abs', '/etc'),
+          file('bin/tool', '#!', 0o4755), file('etc/gone', 'x'), dir('var/cache'), file('var/cache/old', 'o'),
+        ]);
+        await cli(['import', '-', 'cat:1'], tar);
+        assert.equal(await cli(['cat', 'cat:1', '/etc/link']), 'ID=cat');
+        assert.equal(await cli(['cat', 'cat:1', '/abs/os-release']), 'ID=cat');
+        assert.deepEqual((await cli(['ls', 'cat:1', '/'])).split('\n'), ['abs', 'bin', 'etc', 'var']);
+        assert.match(await cli(['ls', '-l', 'cat:1', '/bin']), /^-rwsr-xr-x +1 +\d+ +\d+ +2 .* tool$/);
+
+        // a second layer deletes a file and replaces a directory (opaque in both formats)
+        const id = await cli(['create', '--name', 'c', 'cat:1']);
+        const mnt = await cli(['mount', id]);
+        await rm(join(mnt, 'etc/gone'));
+        await rm(join(mnt, 'var/cache'), { recursive: true });
+        await mkdir(join(mnt, 'var/cache'));
+        await writeFile(join(mnt, 'var/cache/new'), 'n');
+        await cli(['unmount', id]);
+        await cli(['commit', id, 'cat:2']);
+        assert.deepEqual((await cli(['ls', 'cat:2', '/etc'])).split('\n'), ['link', 'os-release']);
+        assert.deepEqual((await cli(['ls', 'cat:2', '/var/cache'])).split('\n'), ['new']);
+        assert.deepEqual((await cli(['ls', 'cat:1', '/var/cache'])).split('\n'), ['old'], 'the lower image is unchanged');
+        const missing = await strata(root, ['--storage-driver', driver, 'cat', 'cat:2', '/etc/gone']);
+        assert.notEqual(missing.code, 0);
+        assert.match(missing.stderr, /ENOENT|no such file/i);
+        await cli(['rm', id]);
+      } finally {
+        await rm(root, { recursive: true, force: true });
+      }
+    });
+  });
+}
 
 function byPath(a: string, b: string): number {
   return a.slice(2).localeCompare(b.slice(2));

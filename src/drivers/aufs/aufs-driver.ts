@@ -40,7 +40,7 @@ import { backingFsName } from '../vfs/vfs-driver.js';
 export class AufsDriver implements Driver {
   readonly name = 'aufs';
   readonly home: string;
-  readonly capabilities: DriverCapabilities = { nativeDiff: true, requiresRoot: true, directoryLayers: true };
+  readonly capabilities: DriverCapabilities = { nativeDiff: true, requiresRoot: true, directoryLayers: true, whiteoutFormat: 'aufs' };
   private readonly refs: MountRefs;
   private program: Promise<MountProgram | string> | null = null;
 

@@ -46,7 +46,7 @@ const naive = () => import('../naive-diff.js');
 export class Overlay2Driver implements Driver {
   readonly name = 'overlay2';
   readonly home: string;
-  readonly capabilities: DriverCapabilities = { nativeDiff: true, requiresRoot: true, directoryLayers: true };
+  readonly capabilities: DriverCapabilities = { nativeDiff: true, requiresRoot: true, directoryLayers: true, whiteoutFormat: 'overlay' };
   private readonly refs: MountRefs;
   private indexOff: boolean | null = null;
   private userxattr: boolean | null = null;
