@@ -526,7 +526,8 @@ export class Strata {
           }
         }
       }
-      await this.driver.cleanup();
+      // not cleanup(): that would unmount what users mounted with `strata mount`
+      report.repaired.push(...(await this.driver.sweep()));
       return report;
     });
   }

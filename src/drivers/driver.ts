@@ -39,8 +39,14 @@ export interface Driver {
   /** Key/value lines for `strata info`, in display order. */
   status(): Promise<Array<[string, string]>>;
   metadata(id: string): Promise<Record<string, string>>;
-  /** Unmount everything this driver mounted; called at shutdown and by `strata system prune`. */
+  /** Unmount everything this driver mounted, then sweep(): Docker's shutdown. */
   cleanup(): Promise<void>;
+  /**
+   * Remove what interrupted creates and removes left behind (staging and doomed directories,
+   * deferred deletions); never touches a live mount. `strata fsck` calls it holding the root's
+   * write lock, under which every create and remove runs. Returns one line per thing removed.
+   */
+  sweep(): Promise<string[]>;
 
   /** The layer's changes against `parent` as an OCI layer tar (uncompressed). */
   diff(id: string, parent: string | null): Promise<Readable>;

@@ -116,6 +116,21 @@ export function runDriverSuite(name: string, factory: DriverFactory, options: Su
       await d.remove('layer');
     });
 
+    test('sweep (what fsck runs) leaves live mounts and layers alone', async (d) => {
+      await layer(d, 'base', null, [file('keep', 'k')]);
+      await d.createReadWrite('rw', 'base');
+      const mounted = await d.get('rw');
+      await writeFile(join(mounted, 'written'), 'w');
+      assert.ok(Array.isArray(await d.sweep()));
+      assert.equal(await readFile(join(mounted, 'keep'), 'utf8'), 'k', 'still mounted after sweep');
+      await writeFile(join(mounted, 'after'), 'a');
+      await assert.rejects(d.remove('rw'), (e) => isStrataError(e, 'LAYER_MOUNTED'));
+      await d.put('rw');
+      const after = await contents(d, 'rw');
+      assert.ok(after['written'] && after['after'] && after['keep'], Object.keys(after).join(','));
+      assert.deepEqual(await d.sweep(), [], 'a second sweep finds nothing');
+    });
+
     test('diff round-trips byte for byte through apply', async (d) => {
       await layer(d, 'base', null, [file('a', 'A'), dir('d'), file('d/x', 'x'), file('d/y', 'y'), sym('link', 'a')]);
       await layer(d, 'next', 'base', [file('b', 'B'), whiteout('d/x'), file('a', 'A2', 0o600), sym('link2', '/a')]);

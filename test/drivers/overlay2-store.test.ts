@@ -71,6 +71,18 @@ describe('overlay2 under the layer store', () => {
     assert.equal(report.checkedLayers, 3);
   });
 
+  test('fsck leaves a container mounted with `strata mount` mounted', async (strata) => {
+    await strata.importImage(Readable.from(await layerTar(BASE_OPS)), { ref: 'base:1' });
+    await strata.createContainer('base:1', { name: 'web' });
+    const merged = await strata.mount('web');
+    await writeFile(join(merged, 'note'), 'n');
+    const report = await strata.fsck();
+    assert.deepEqual(report.problems, []);
+    assert.equal(await readFile(join(merged, 'note'), 'utf8'), 'n');
+    assert.ok((await readFile('/proc/self/mountinfo', 'utf8')).includes(` ${merged} `), 'still in the mount table');
+    await strata.unmount('web');
+  });
+
   test('records the layer size as Docker does (each inode once, symlinks by target length)', async (strata, root) => {
     const id = await strata.importImage(Readable.from(await layerTar([file('a', '12345'), hardlink('b', 'a'), sym('c', 'abc'), dir('d'), file('d/e', '')])));
     const [layer] = await strata.imageLayers(id);

@@ -29,6 +29,7 @@ import { writeFileAtomic, fsyncDir } from '../../util/atomic.js';
 import { withFileLock } from '../../util/file-lock.js';
 import { MountRefs } from '../mount-refs.js';
 import { checkLayerId } from '../layer-id.js';
+import { sweepLeftovers } from '../leftovers.js';
 import { naiveChanges, naiveDiff, naiveDiffSize } from '../naive-diff.js';
 import { applyLayerTar, changesFromUpper, tarUpperDir } from '../../archive/index.js';
 import { UnionFs, createHousekeeping, isHousekeeping } from '../../union/index.js';
@@ -243,8 +244,11 @@ export class AufsDriver implements Driver {
       if (await this.exists(id)) await this.normalize(id);
       await this.refs.forget(id);
     }
-    const diffs = await readdir(join(this.home, 'diff')).catch(() => [] as string[]);
-    for (const name of diffs) if (name.startsWith('.rm-')) await rm(join(this.home, 'diff', name), { recursive: true, force: true });
+    await this.sweep();
+  }
+
+  sweep(): Promise<string[]> {
+    return sweepLeftovers(join(this.home, 'diff'), ['.rm-']);
   }
 
   /** True when `parent` is the layer's direct parent: then diff/<id> is exactly the change set. */

@@ -239,6 +239,16 @@ export class DevicemapperDriver implements Driver {
   }
 
   /** Mounts and attachments whose service is gone (a crash): undo them, forget their counts. */
+  async sweep(): Promise<string[]> {
+    const done: string[] = [];
+    if (this.recovered !== null) done.push(`devicemapper: ${this.recovered}`);
+    this.recovered = null;
+    const before = await this.set.deferredCount();
+    const left = await this.set.locked(() => this.set.sweepDeferred());
+    if (before > left) done.push(`devicemapper: completed ${before - left} deferred device deletion(s)`);
+    return done;
+  }
+
   private async sweepStale(): Promise<void> {
     const dev = join(this.service.runDir, 'dev');
     const names = await readdir(dev).catch(() => [] as string[]);

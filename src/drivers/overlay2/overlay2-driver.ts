@@ -28,6 +28,7 @@ import type { Change, CreateOptions, Driver, DriverCapabilities, DriverOptions }
 import { strataError, isErrno } from '../../errors.js';
 import { MountRefs } from '../mount-refs.js';
 import { checkLayerId } from '../layer-id.js';
+import { sweepLeftovers } from '../leftovers.js';
 import { withFileLock } from '../../util/file-lock.js';
 import { generateLinkId } from './link-id.js';
 import { LINK_DIR, buildMountSpec, childLower, splitLower } from './mount-options.js';
@@ -256,10 +257,11 @@ export class Overlay2Driver implements Driver {
         await this.refs.forget(id);
       }
     });
-    // Sweep what interrupted removes left behind.
-    for (const name of await readdir(this.home).catch(() => [] as string[])) {
-      if (name.startsWith('.rm-')) await rm(join(this.home, name), { recursive: true, force: true });
-    }
+    await this.sweep();
+  }
+
+  sweep(): Promise<string[]> {
+    return sweepLeftovers(this.home, ['.rm-']);
   }
 
   // ---- information --------------------------------------------------------------------------

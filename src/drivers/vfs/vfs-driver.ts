@@ -14,6 +14,7 @@ import type { Change, CreateOptions, Driver, DriverCapabilities, DriverOptions }
 import { strataError, isErrno } from '../../errors.js';
 import { MountRefs } from '../mount-refs.js';
 import { checkLayerId } from '../layer-id.js';
+import { sweepLeftovers } from '../leftovers.js';
 import { naiveApplyDiff, naiveChanges, naiveDiff, naiveDiffSize } from '../naive-diff.js';
 import { copyTree } from '../../util/copy-tree.js';
 import { fsyncDir } from '../../util/atomic.js';
@@ -109,12 +110,11 @@ export class VfsDriver implements Driver {
   }
 
   async cleanup(): Promise<void> {
-    // Nothing is mounted; sweep staging and doomed directories a crash may have left.
-    const base = join(this.home, 'dir');
-    const names = await readdir(base).catch(() => [] as string[]);
-    for (const name of names) {
-      if (name.startsWith('.new-') || name.startsWith('.rm-')) await rm(join(base, name), { recursive: true, force: true });
-    }
+    await this.sweep(); // nothing is ever mounted
+  }
+
+  sweep(): Promise<string[]> {
+    return sweepLeftovers(join(this.home, 'dir'), ['.new-', '.rm-']);
   }
 
   diff(id: string, parent: string | null): Promise<Readable> {
