@@ -1,13 +1,15 @@
 import { readFile, readdir, mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { withFileLock } from '../util/file-lock.js';
-import { writeFileAtomic } from '../util/atomic.js';
+import { replaceFile } from '../util/atomic.js';
 import { isErrno } from '../errors.js';
 
 /**
  * Mount reference counts kept on disk, because every strata CLI call is a separate process
  * (containers/storage keeps mountpoints.json for the same reason). One file per id under
- * `<home>/mountrefs/`, changed under a flock so concurrent processes count correctly.
+ * `<home>/mountrefs/`, changed under a flock so concurrent processes count correctly. Counts are
+ * replaced atomically but never fsynced: they describe mounts, which do not outlive a boot
+ * either (get() mounts again when a count has no mount behind it).
  */
 export class MountRefs {
   private readonly dir: string;
@@ -38,7 +40,7 @@ export class MountRefs {
       if (after === before) return after;
       if ((before === 0 && after === 1) || (before === 1 && after === 0)) await onEdge?.();
       if (after === 0) await rm(join(this.dir, id), { force: true });
-      else await writeFileAtomic(join(this.dir, id), String(after));
+      else await replaceFile(join(this.dir, id), String(after));
       return after;
     });
   }

@@ -5,7 +5,8 @@
  */
 import { mkdir, readFile, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { strataError, isErrno } from '../errors.js';
+import { strataError, isErrno, isStrataError } from '../errors.js';
+import { mapLimit } from '../util/map-limit.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import type { Digest } from './digest.js';
 import type { WriteTxn } from './write-lock.js';
@@ -85,18 +86,13 @@ export class ContainerStore {
   }
 
   async list(): Promise<ContainerRecord[]> {
-    const names = await readdir(this.dir).catch(() => [] as string[]);
-    const out: ContainerRecord[] = [];
-    for (const name of names.sort()) {
-      if (!/^[a-f0-9]{64}$/.test(name)) continue;
-      try {
-        out.push(await this.get(name));
-      } catch (err) {
-        // a directory without a record is a create that never finished; fsck reports it
-        if (!(err instanceof Error && 'code' in err && err.code === 'CONTAINER_NOT_FOUND')) throw err;
-      }
-    }
-    return out;
+    const names = (await readdir(this.dir).catch(() => [] as string[])).filter((n) => /^[a-f0-9]{64}$/.test(n)).sort();
+    const records = await mapLimit(names, 16, (name) => this.get(name).catch((err: unknown) => {
+      // a directory without a record is a create that never finished; fsck reports it
+      if (isStrataError(err, 'CONTAINER_NOT_FOUND')) return null;
+      throw err;
+    }));
+    return records.filter((r): r is ContainerRecord => r !== null);
   }
 
   async remove(_txn: WriteTxn, id: string): Promise<void> {

@@ -12,7 +12,7 @@
  * caller must hold the root's write lock (store.ts), which also means any intent marker found by
  * recover() belongs to a dead process.
  */
-import { mkdir, readFile, readdir, rename, rm, open } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rename, rm, open, writeFile } from 'node:fs/promises';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -26,7 +26,7 @@ import { createInterface } from 'node:readline';
 import { strataError, isErrno, isStrataError } from '../errors.js';
 import { fsyncDir } from '../util/atomic.js';
 import { type Digest, hexOf, parseDigest, sha256 } from './digest.js';
-import { setupInitLayer } from './init-layer.js';
+import { diffDirInitTarget, mountedInitTarget, setupInitLayer } from './init-layer.js';
 import type { WriteTxn } from './write-lock.js';
 
 export interface LayerInfo {
@@ -228,12 +228,7 @@ export class LayerStore {
     await this.markIncomplete(`incomplete-mount-${containerId}`, mountId);
     try {
       await this.driver.createReadWrite(initId, parentInfo?.cacheId ?? null);
-      const initRoot = await this.driver.get(initId);
-      try {
-        await setupInitLayer(initRoot);
-      } finally {
-        await this.driver.put(initId);
-      }
+      await this.fillInitLayer(initId, parent);
       await this.driver.createReadWrite(mountId, initId);
       const files: Record<string, string> = { 'mount-id': mountId, 'init-id': initId };
       if (parent) files.parent = parent;
@@ -245,6 +240,26 @@ export class LayerStore {
       for (const id of [mountId, initId]) if (await this.driver.exists(id)) await this.driver.remove(id).catch(() => undefined);
       await this.clearIncomplete(`incomplete-mount-${containerId}`);
       throw err;
+    }
+  }
+
+  /**
+   * Write the init layer's entries: straight into its diff directory where the driver stacks
+   * plain directories in a known whiteout format (no mount needed), else through a mount.
+   */
+  private async fillInitLayer(initId: string, parent: Digest | null): Promise<void> {
+    const format = this.driver.capabilities.whiteoutFormat;
+    if (this.driver.diffDirectory && format !== undefined) {
+      const image = parent === null ? [] : await this.chain(parent);
+      const lowers = await Promise.all(image.map((l) => this.driver.diffDirectory!(l.cacheId)));
+      await setupInitLayer(await diffDirInitTarget(await this.driver.diffDirectory(initId), lowers, format));
+      return;
+    }
+    const root = await this.driver.get(initId);
+    try {
+      await setupInitLayer(mountedInitTarget(root));
+    } finally {
+      await this.driver.put(initId);
     }
   }
 
@@ -290,6 +305,15 @@ export class LayerStore {
   async recover(_txn: WriteTxn): Promise<string[]> {
     const actions: string[] = [];
     const tmpNames = await readdir(this.tmp).catch(() => [] as string[]);
+    const removing: Array<[string, string]> = [];
+    for (const sub of ['sha256', 'mounts']) {
+      for (const name of await readdir(join(this.dir, sub)).catch(() => [] as string[])) {
+        if (name.endsWith('-removing')) removing.push([sub, name]);
+      }
+    }
+    // Every write starts here: after a clean exit there is nothing to do, and reading every
+    // record to learn which driver layers are referenced is left for when something is.
+    if (tmpNames.length === 0 && removing.length === 0) return actions;
     const known = new Set((await this.list()).map((l) => l.cacheId));
     for (const m of await this.listMounts()) {
       known.add(m.mountId);
@@ -311,17 +335,14 @@ export class LayerStore {
       }
       await rm(path, { recursive: true, force: true });
     }
-    for (const sub of ['sha256', 'mounts']) {
-      for (const name of await readdir(join(this.dir, sub)).catch(() => [] as string[])) {
-        if (!name.endsWith('-removing')) continue;
-        const path = join(this.dir, sub, name);
-        for (const file of ['cache-id', 'mount-id', 'init-id']) {
-          const id = (await readFile(join(path, file), 'utf8').catch(() => '')).trim();
-          if (id && !known.has(id) && (await this.driver.exists(id))) await this.removeAbandoned(id);
-        }
-        await rm(path, { recursive: true, force: true });
-        actions.push(`finished removing ${sub}/${name.slice(0, 64)}`);
+    for (const [sub, name] of removing) {
+      const path = join(this.dir, sub, name);
+      for (const file of ['cache-id', 'mount-id', 'init-id']) {
+        const id = (await readFile(join(path, file), 'utf8').catch(() => '')).trim();
+        if (id && !known.has(id) && (await this.driver.exists(id))) await this.removeAbandoned(id);
       }
+      await rm(path, { recursive: true, force: true });
+      actions.push(`finished removing ${sub}/${name.slice(0, 64)}`);
     }
     return actions;
   }
@@ -343,16 +364,14 @@ export class LayerStore {
     }
   }
 
+  /**
+   * Record which driver layer is being built, so recover() can remove it if this process dies.
+   * Not fsynced: a killed process leaves it in the page cache, and what a power cut loses is a
+   * layer directory nothing refers to (space, never a wrong record).
+   */
   private async markIncomplete(name: string, id: string): Promise<void> {
     await mkdir(this.tmp, { recursive: true });
-    const handle = await open(join(this.tmp, name), 'w', 0o644);
-    try {
-      await handle.writeFile(id);
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    await fsyncDir(this.tmp);
+    await writeFile(join(this.tmp, name), id, { mode: 0o644 });
   }
 
   private async clearIncomplete(name: string): Promise<void> {
@@ -363,7 +382,8 @@ export class LayerStore {
   private async commitWriteSet(files: Record<string, string>, staged: Record<string, string>, target: string): Promise<void> {
     const set = join(this.tmp, `write-set-${randomHex().slice(0, 16)}`);
     await mkdir(set, { recursive: true, mode: 0o700 });
-    for (const [name, content] of Object.entries(files)) {
+    // fsyncs in parallel: the filesystem folds them into one journal commit
+    await Promise.all(Object.entries(files).map(async ([name, content]) => {
       const handle = await open(join(set, name), 'w', 0o644);
       try {
         await handle.writeFile(content);
@@ -371,13 +391,16 @@ export class LayerStore {
       } finally {
         await handle.close();
       }
-    }
-    for (const [name, from] of Object.entries(staged)) {
+    }));
+    await Promise.all(Object.entries(staged).map(async ([name, from]) => {
       const handle = await open(from, 'r');
-      await handle.sync();
-      await handle.close();
+      try {
+        await handle.sync();
+      } finally {
+        await handle.close();
+      }
       await rename(from, join(set, name));
-    }
+    }));
     await fsyncDir(set);
     await mkdir(join(target, '..'), { recursive: true, mode: 0o700 });
     await rename(set, target);

@@ -79,6 +79,12 @@ export class UnionFs {
     return fsp.lstat(await this.up.readPath(node));
   }
 
+  /** The file in its branch that lstat(path) describes (to copy its metadata elsewhere). */
+  async backingPath(path: string): Promise<string> {
+    const { node } = await this.resolver.existing(path, false, 'lstat');
+    return this.up.readPath(node);
+  }
+
   async exists(path: string): Promise<boolean> {
     try {
       return (await this.resolver.resolve(path, true, 'access')).node !== null;

@@ -1,4 +1,4 @@
-import { open, rename, mkdir, rm } from 'node:fs/promises';
+import { open, rename, mkdir, rm, writeFile } from 'node:fs/promises';
 import { dirname, basename, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 
@@ -32,6 +32,21 @@ export async function writeFileAtomic(path: string, data: string | Uint8Array, m
   await handle.close();
   await rename(tmp, path);
   await fsyncDir(dir);
+}
+
+/**
+ * Replace `path` with `data` so a killed process leaves the old content or the new, never a torn
+ * file; without fsync, so not across a power cut. For state that does not outlive a boot.
+ */
+export async function replaceFile(path: string, data: string | Uint8Array): Promise<void> {
+  const tmp = join(dirname(path), `.tmp-${basename(path)}-${randomBytes(6).toString('hex')}`);
+  try {
+    await writeFile(tmp, data);
+    await rename(tmp, path);
+  } catch (err) {
+    await rm(tmp, { force: true });
+    throw err;
+  }
 }
 
 /** mkdir -p, then fsync the parent so the new directory entry is durable. */
