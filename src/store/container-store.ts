@@ -3,7 +3,7 @@
  * containers are never run, but the record has the fields dockerd needs to load it, so a Docker
  * daemon pointed at a Strata root starts and lists them.
  */
-import { mkdir, readFile, readdir, rm } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { strataError, isErrno, isStrataError } from '../errors.js';
 import { mapLimit } from '../util/map-limit.js';
@@ -26,6 +26,7 @@ const ZERO_TIME = '0001-01-01T00:00:00Z';
 
 export class ContainerStore {
   readonly dir: string;
+  private readonly cache = new Map<string, { version: string; record: ContainerRecord }>();
 
   constructor(root: string) {
     this.dir = join(root, 'containers');
@@ -85,14 +86,34 @@ export class ContainerStore {
     }
   }
 
+  /**
+   * Every record. Records read before are kept with their file's ctime and nanosecond mtime and
+   * reused while a stat shows them unchanged (one call per container instead of four, plus a
+   * parse): create checks names against all of them, so this runs on every create.
+   */
   async list(): Promise<ContainerRecord[]> {
     const names = (await readdir(this.dir).catch(() => [] as string[])).filter((n) => /^[a-f0-9]{64}$/.test(n)).sort();
-    const records = await mapLimit(names, 16, (name) => this.get(name).catch((err: unknown) => {
-      // a directory without a record is a create that never finished; fsck reports it
-      if (isStrataError(err, 'CONTAINER_NOT_FOUND')) return null;
-      throw err;
-    }));
-    return records.filter((r): r is ContainerRecord => r !== null);
+    const live = new Set(names);
+    for (const id of this.cache.keys()) if (!live.has(id)) this.cache.delete(id);
+    const records = await mapLimit(names, 16, async (id) => {
+      const st = await stat(this.path(id), { bigint: true }).catch((err: unknown) => {
+        // a directory without a record is a create that never finished; fsck reports it
+        if (isErrno(err, 'ENOENT')) return null;
+        throw err;
+      });
+      if (st === null) return null;
+      const version = `${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+      const cached = this.cache.get(id);
+      if (cached?.version === version) return cached.record;
+      const record = await this.get(id).catch((err: unknown) => {
+        if (isStrataError(err, 'CONTAINER_NOT_FOUND')) return null;
+        throw err;
+      });
+      if (record !== null) this.cache.set(id, { version, record });
+      return record;
+    });
+    // copies: callers may change what they get without changing the cache
+    return records.filter((r): r is ContainerRecord => r !== null).map((r) => structuredClone(r));
   }
 
   async remove(_txn: WriteTxn, id: string): Promise<void> {

@@ -1,0 +1,32 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { ContainerStore } from '../../src/store/container-store.js';
+import { tempDir } from '../helpers/fstest.js';
+
+const IMAGE = `sha256:${'a'.repeat(64)}` as const;
+
+test('list() sees records another process rewrote or removed, and its results are copies', async (t) => {
+  const root = await tempDir('strata-containers-');
+  t.after(() => rm(root, { recursive: true, force: true }));
+  const store = new ContainerStore(root);
+  const txn = { root };
+  const one = ContainerStore.newRecord('1'.repeat(64), 'aaaa', IMAGE, 'img', 'vfs');
+  const two = ContainerStore.newRecord('2'.repeat(64), 'other', IMAGE, 'img', 'vfs');
+  await store.put(txn, one);
+  await store.put(txn, two);
+  assert.deepEqual((await store.list()).map((c) => c.Name), ['/aaaa', '/other']);
+
+  // same size, rewritten in place (as a `docker rename` by another process would)
+  const path = join(store.dir, one.ID, 'config.v2.json');
+  await writeFile(path, (await readFile(path, 'utf8')).replace('"/aaaa"', '"/bbbb"'));
+  const listed = await store.list();
+  assert.deepEqual(listed.map((c) => c.Name), ['/bbbb', '/other']);
+
+  listed[0]!.Name = '/changed-by-caller';
+  assert.equal((await store.list())[0]!.Name, '/bbbb');
+
+  await rm(join(store.dir, two.ID), { recursive: true });
+  assert.deepEqual((await store.list()).map((c) => c.ID), [one.ID]);
+});
