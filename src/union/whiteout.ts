@@ -8,11 +8,13 @@
  * Names starting with `.wh.` are reserved (OCI image-spec layer.md "Whiteouts").
  */
 
-export const WHITEOUT_PREFIX = '.wh.';
-export const WHITEOUT_META_PREFIX = '.wh..wh.';
-export const OPAQUE_MARKER = '.wh..wh..opq';
+import { WHITEOUT_LINK_DIR, WHITEOUT_META_PREFIX, WHITEOUT_OPAQUE, WHITEOUT_PREFIX } from '../archive/whiteouts.js';
+
+// the names layer archives use too (one definition, in archive/)
+export { WHITEOUT_PREFIX, WHITEOUT_META_PREFIX };
+export const OPAQUE_MARKER = WHITEOUT_OPAQUE;
 /** Pseudo-links: copies-up of hardlinked files, so later copy-ups of other names share the inode. */
-export const PLINK_DIR = '.wh..wh.plnk';
+export const PLINK_DIR = WHITEOUT_LINK_DIR;
 /** aufs' marker file in a branch root (empty, read-only). */
 export const AUFS_MARKER = '.wh..wh.aufs';
 /** Orphans / staging area: copy-ups are built here and renamed into place. */

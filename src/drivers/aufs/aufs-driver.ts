@@ -36,7 +36,7 @@ import { UnionFs, createHousekeeping, isHousekeeping } from '../../union/index.j
 import { childLayers, formatLayers, parseLayers } from './layers-file.js';
 import { cachedMountProgram, detectMountProgram, isMounted, mountBranches, unmount, type BranchSpec, type MountProgram } from './mount-program.js';
 import { normalizeUpper } from './upper-normalize.js';
-import { backingFsName } from '../vfs/vfs-driver.js';
+import { backingFsName } from '../backing-fs.js';
 
 export class AufsDriver implements Driver {
   readonly name = 'aufs';

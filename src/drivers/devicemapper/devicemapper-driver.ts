@@ -32,7 +32,7 @@ import { isErrno, strataError } from '../../errors.js';
 import { MountRefs } from '../mount-refs.js';
 import { checkLayerId } from '../layer-id.js';
 import { naiveApplyDiff, naiveChanges, naiveDiff, naiveDiffSize } from '../naive-diff.js';
-import { backingFsName } from '../vfs/vfs-driver.js';
+import { backingFsName } from '../backing-fs.js';
 import { parseDmOptions, type DmOptions } from './options.js';
 import { DeviceStore, type DeviceInfo } from './device-store.js';
 import { DeviceSet, lockFileName } from './device-set.js';

@@ -5,6 +5,7 @@ import { release } from 'node:os';
 import { getXattr, setXattr } from '../../util/xattr.js';
 import { isMountPoint, mountOverlay, unmount } from './kernel-mount.js';
 import { writeFileAtomic } from '../../util/atomic.js';
+import { backingFsName } from '../backing-fs.js';
 
 /**
  * What the host offers overlay2, found the way moby finds it: a real test mount (root, the
@@ -14,27 +15,6 @@ import { writeFileAtomic } from '../../util/atomic.js';
  */
 
 const OVERLAY_MAGIC = 0x794c7630;
-
-/** statfs magic numbers by the names `docker info` prints (moby's fsmagic table, abridged). */
-const FS_NAMES: Record<number, string> = {
-  0xef53: 'extfs',
-  0x58465342: 'xfs',
-  0x9123683e: 'btrfs',
-  0x01021994: 'tmpfs',
-  0x794c7630: 'overlayfs',
-  0x2fc12fc1: 'zfs',
-  0x65735546: 'fuse',
-  0x6969: 'nfs',
-  0xf2f52010: 'f2fs',
-  0x61756673: 'aufs',
-  0x73717368: 'squashfs',
-  0x858458f6: 'ramfs',
-  0xff534d42: 'cifs',
-};
-
-export function backingFsName(type: number): string {
-  return FS_NAMES[type] ?? '<unknown>';
-}
 
 async function sysParam(name: string): Promise<string | null> {
   return (await readFile(`/sys/module/overlay/parameters/${name}`, 'utf8').catch(() => null))?.trim() ?? null;

@@ -18,6 +18,7 @@ import { sweepLeftovers } from '../leftovers.js';
 import { naiveApplyDiff, naiveChanges, naiveDiff, naiveDiffSize } from '../naive-diff.js';
 import { copyTree } from '../../util/copy-tree.js';
 import { fsyncDir } from '../../util/atomic.js';
+import { backingFsName } from '../backing-fs.js';
 
 export class VfsDriver implements Driver {
   readonly name = 'vfs';
@@ -132,20 +133,6 @@ export class VfsDriver implements Driver {
   diffSize(id: string, parent: string | null): Promise<number> {
     return naiveDiffSize(this, id, parent);
   }
-}
-
-const FS_MAGIC: Record<number, string> = {
-  0xef53: 'extfs',
-  0x58465342: 'xfs',
-  0x9123683e: 'btrfs',
-  0x01021994: 'tmpfs',
-  0x794c7630: 'overlayfs',
-  0x2fc12fc1: 'zfs',
-  0x65735546: 'fuse',
-};
-
-export function backingFsName(type: number): string {
-  return FS_MAGIC[type] ?? `0x${type.toString(16)}`;
 }
 
 export async function createVfsDriver(opts: DriverOptions): Promise<Driver> {
