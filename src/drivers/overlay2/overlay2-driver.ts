@@ -341,7 +341,7 @@ export class Overlay2Driver implements Driver {
     const diffDir = join(this.dir(id), 'diff');
     // lowerDirs: a hardlink to a file of a lower layer is copied up, as overlay itself would.
     await (await archive()).applyLayerTar(diffDir, tar, { whiteouts: 'overlay', lowerDirs: await this.lowerDirs(id) });
-    return directorySize(diffDir, { settleWhiteouts: true });
+    return directorySize(diffDir);
   }
 
   async diffSize(id: string, parent: string | null): Promise<number> {
