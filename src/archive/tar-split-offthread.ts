@@ -16,6 +16,7 @@ export type FromWorker =
 
 /** Bytes handed to the worker and not yet hashed, beyond which the stream waits (bounded memory). */
 const MAX_IN_FLIGHT = 16 << 20;
+const BATCH = 1 << 20;
 
 interface Recording {
   onAck(bytes: number): void;
@@ -84,7 +85,8 @@ const thread = new RecorderThread();
 /**
  * TarSplitRecorder's contract — a pass-through whose `finished()` gives the DiffID once the
  * tar-split records are on disk at `sinkPath` — with the parsing and hashing on a worker thread.
- * Each chunk is copied to the worker; at most 16 MiB wait there before the stream pauses.
+ * Chunks are copied to the worker in 1 MiB batches; at most 16 MiB wait there before the stream
+ * pauses.
  */
 export class OffThreadTarSplitRecorder extends Transform {
   private readonly id: number;
@@ -95,6 +97,8 @@ export class OffThreadTarSplitRecorder extends Transform {
   private settled = false;
   private ended = false;
   private rejectDone!: (err: Error) => void;
+  private batch = new Uint8Array(BATCH);
+  private batchLength = 0;
 
   constructor(sinkPath: string, options: TarSplitRecorderOptions = {}) {
     super({ highWaterMark: 1 << 20 });
@@ -138,18 +142,32 @@ export class OffThreadTarSplitRecorder extends Transform {
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
     if (this.failure) return cb(this.failure);
-    // a copy: the chunk may be a view of a pooled slab, and it still goes downstream
-    const copy = new Uint8Array(chunk.length);
-    copy.set(chunk);
-    this.inFlight += copy.byteLength;
-    thread.send({ type: 'chunk', id: this.id, data: copy.buffer }, [copy.buffer]);
+    // copied (the chunk may be a view of a pooled slab, and it still goes downstream) into
+    // batches of 1 MiB: one message per batch, not one per 64 KiB read
+    for (let at = 0; at < chunk.length;) {
+      const n = Math.min(chunk.length - at, BATCH - this.batchLength);
+      this.batch.set(chunk.subarray(at, at + n), this.batchLength);
+      this.batchLength += n;
+      at += n;
+      if (this.batchLength === BATCH) this.sendBatch();
+    }
     this.push(chunk);
     if (this.inFlight > MAX_IN_FLIGHT) this.waiting = () => cb();
     else cb();
   }
 
+  private sendBatch(): void {
+    if (this.batchLength === 0) return;
+    const data = this.batchLength === BATCH ? this.batch.buffer : this.batch.slice(0, this.batchLength).buffer;
+    this.inFlight += this.batchLength;
+    thread.send({ type: 'chunk', id: this.id, data }, [data]);
+    this.batch = new Uint8Array(BATCH);
+    this.batchLength = 0;
+  }
+
   override _flush(cb: TransformCallback): void {
     this.ended = true;
+    this.sendBatch();
     thread.send({ type: 'end', id: this.id });
     // the pass-through side ends now; finished() resolves when the worker has written the records
     cb();
