@@ -42,20 +42,30 @@ export interface InitLayerTarget {
  * could create files outside the container's filesystem.
  */
 export async function setupInitLayer(target: InitLayerTarget): Promise<void> {
-  entries: for (const [path, kind, linkTarget] of INIT_ENTRIES) {
-    const parts = path.split('/');
-    for (let i = 1; i < parts.length; i++) {
-      const ancestor = parts.slice(0, i).join('/');
-      const st = await target.lookup(ancestor);
-      if (st !== null && !st.isDirectory()) continue entries;
-      await target.ensureDir(ancestor, st);
-    }
-    if ((await target.lookup(path)) !== null) continue;
-    const full = join(target.dir, path);
-    if (kind === 'dir') await mkdir(full, { mode: 0o755 });
-    else if (kind === 'file') await writeFile(full, '', { mode: 0o755 });
-    else await symlink(linkTarget!, full);
+  // entries under different top-level names touch disjoint paths: fill those groups in parallel
+  const groups = new Map<string, typeof INIT_ENTRIES>();
+  for (const entry of INIT_ENTRIES) {
+    const top = entry[0].split('/')[0]!;
+    groups.set(top, [...(groups.get(top) ?? []), entry]);
   }
+  await Promise.all([...groups.values()].map(async (entries) => {
+    for (const entry of entries) await addEntry(target, ...entry);
+  }));
+}
+
+async function addEntry(target: InitLayerTarget, path: string, kind: 'dir' | 'file' | 'symlink', linkTarget?: string): Promise<void> {
+  const parts = path.split('/');
+  for (let i = 1; i < parts.length; i++) {
+    const ancestor = parts.slice(0, i).join('/');
+    const st = await target.lookup(ancestor);
+    if (st !== null && !st.isDirectory()) return;
+    await target.ensureDir(ancestor, st);
+  }
+  if ((await target.lookup(path)) !== null) return;
+  const full = join(target.dir, path);
+  if (kind === 'dir') await mkdir(full, { mode: 0o755 });
+  else if (kind === 'file') await writeFile(full, '', { mode: 0o755 });
+  else await symlink(linkTarget!, full);
 }
 
 async function lstatOrNull(path: string): Promise<Stats | null> {

@@ -12,7 +12,7 @@
  * caller must hold the root's write lock (store.ts), which also means any intent marker found by
  * recover() belongs to a dead process.
  */
-import { mkdir, readFile, readdir, rename, rm, open, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rename, rm, open, stat, writeFile } from 'node:fs/promises';
 import { createReadStream } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -53,6 +53,7 @@ const TAR_SPLIT = 'tar-split.json.gz';
 export const MAX_LAYER_DEPTH = 125;
 
 export class LayerStore {
+  private readonly records = new Map<Digest, { version: string; info: LayerInfo }>();
   readonly dir: string;
 
   constructor(imageDir: string, readonly driver: Driver) {
@@ -77,27 +78,43 @@ export class LayerStore {
     }
   }
 
+  /**
+   * A layer's record. Records never change once committed (a write set is renamed into place
+   * whole, and removal renames it away), so one read per directory is enough: later calls cost
+   * a stat instead of four reads.
+   */
   async get(chainId: Digest): Promise<LayerInfo> {
     const dir = this.layerDir(chainId);
-    const read = async (name: string) => (await readFile(join(dir, name), 'utf8')).trim();
     try {
-      const cacheId = await read('cache-id');
-      if (!cacheId) throw strataError('STORE_CORRUPT', `layer ${chainId} has an empty cache-id`, { id: chainId });
-      const parentText = await read('parent').catch((err) => {
-        if (isErrno(err, 'ENOENT')) return '';
-        throw err;
-      });
-      return {
-        chainId,
-        diffId: parseDigest(await read('diff'), 'diff id'),
-        parent: parentText ? parseDigest(parentText, 'parent chain id') : null,
-        cacheId,
-        size: Number.parseInt(await read('size'), 10) || 0,
-      };
+      const st = await stat(dir, { bigint: true });
+      // the inode number alone could be reused by a removed and re-registered layer
+      const version = `${st.ino}:${st.ctimeNs}`;
+      const cached = this.records.get(chainId);
+      if (cached?.version === version) return { ...cached.info };
+      const info = await this.readRecord(chainId, dir);
+      this.records.set(chainId, { version, info });
+      return { ...info };
     } catch (err) {
       if (isErrno(err, 'ENOENT', 'ENOTDIR')) throw strataError('LAYER_NOT_FOUND', `layer ${chainId} not found`, { id: chainId });
       throw err;
     }
+  }
+
+  private async readRecord(chainId: Digest, dir: string): Promise<LayerInfo> {
+    const read = async (name: string) => (await readFile(join(dir, name), 'utf8')).trim();
+    const cacheId = await read('cache-id');
+    if (!cacheId) throw strataError('STORE_CORRUPT', `layer ${chainId} has an empty cache-id`, { id: chainId });
+    const parentText = await read('parent').catch((err) => {
+      if (isErrno(err, 'ENOENT')) return '';
+      throw err;
+    });
+    return {
+      chainId,
+      diffId: parseDigest(await read('diff'), 'diff id'),
+      parent: parentText ? parseDigest(parentText, 'parent chain id') : null,
+      cacheId,
+      size: Number.parseInt(await read('size'), 10) || 0,
+    };
   }
 
   async list(): Promise<LayerInfo[]> {
