@@ -526,10 +526,34 @@ export class Strata {
           }
         }
       }
+      await this.checkOrphanLayers(report, opts.repair !== false);
       // not cleanup(): that would unmount what users mounted with `strata mount`
       report.repaired.push(...(await this.driver.sweep()));
       return report;
     });
+  }
+
+  /**
+   * Driver layers that no layer record or container refers to: what a create cut short by a
+   * power loss leaves (its intent marker is not synced), or a foreign tool. Removed on repair.
+   * Called under the write lock, which every create holds, so none is in the making.
+   */
+  private async checkOrphanLayers(report: FsckReport, repair: boolean): Promise<void> {
+    if (!this.driver.layerIds) return;
+    const referenced = new Set((await this.layers.list()).map((l) => l.cacheId));
+    for (const m of await this.layers.listMounts()) {
+      referenced.add(m.mountId);
+      if (m.initId) referenced.add(m.initId);
+    }
+    for (const id of await this.driver.layerIds()) {
+      if (referenced.has(id)) continue;
+      if (!repair) {
+        report.problems.push(`driver layer ${id} is not referenced by any layer or container`);
+        continue;
+      }
+      await this.layers.removeAbandoned(id);
+      report.repaired.push(`removed driver layer ${id}, which no layer or container refers to`);
+    }
   }
 
   async close(): Promise<void> {

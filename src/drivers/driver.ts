@@ -47,6 +47,8 @@ export interface Driver {
    * write lock, under which every create and remove runs. Returns one line per thing removed.
    */
   sweep(): Promise<string[]>;
+  /** Every layer id the driver holds (for fsck to find layers no record refers to). */
+  layerIds?(): Promise<string[]>;
 
   /** The layer's changes against `parent` as an OCI layer tar (uncompressed). */
   diff(id: string, parent: string | null): Promise<Readable>;

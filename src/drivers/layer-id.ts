@@ -4,8 +4,12 @@ import { strataError } from '../errors.js';
 // also use short readable ids. Anything that could climb out of the driver home is refused.
 const VALID_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
 
+export function isLayerId(id: string): boolean {
+  return VALID_ID.test(id) && !id.includes('..');
+}
+
 export function checkLayerId(id: string): void {
-  if (!VALID_ID.test(id) || id.includes('..')) {
+  if (!isLayerId(id)) {
     throw strataError('INVALID_ID', `invalid layer id ${JSON.stringify(id)}`, { id });
   }
 }

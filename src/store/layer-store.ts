@@ -369,7 +369,7 @@ export class LayerStore {
    * holding references (get without put); nobody else can hold one, since the layer was never
    * committed, so release them until the driver lets go.
    */
-  private async removeAbandoned(id: string): Promise<void> {
+  async removeAbandoned(id: string): Promise<void> {
     for (let attempt = 0; ; attempt++) {
       try {
         await this.driver.remove(id);

@@ -79,7 +79,9 @@ for (const driver of ['overlay2', 'vfs'] as const) {
       assert.equal(info.trim(), driver);
       const containers = (await d.docker(['ps', '-a', '--format', '{{.Names}}'])).trim().split('\n').sort();
       assert.deepEqual(containers, ['builder', 'still-mounted'], 'dockerd loads Strata\'s containers');
-      const errors = (await d.log()).split('\n').filter((l) => /level=(error|fatal)/.test(l));
+      // errors about the root's content; dockerd's supervision of its own containerd child
+      // (module=libcontainerd, slow to start on a loaded machine) says nothing about it
+      const errors = (await d.log()).split('\n').filter((l) => /level=(error|fatal)/.test(l) && !l.includes('module=libcontainerd'));
       assert.deepEqual(errors, []);
     });
 

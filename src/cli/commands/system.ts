@@ -27,7 +27,7 @@ export function registerSystemCommands(program: Command): void {
 
   program
     .command('fsck')
-    .description('verify every layer against its diff ID and repair what an interrupted command left')
+    .description('verify every layer against its diff ID and repair what an interrupted command left (not while a dockerd uses the root)')
     .option('--no-repair', 'only report')
     .option('--format <format>', 'json for machine-readable output')
     .action(async (opts: { repair: boolean; format?: string }, cmd: Command) => {

@@ -29,7 +29,7 @@ import { writeFileAtomic, fsyncDir } from '../../util/atomic.js';
 import { withFileLock } from '../../util/file-lock.js';
 import { MountRefs } from '../mount-refs.js';
 import { checkLayerId } from '../layer-id.js';
-import { sweepLeftovers } from '../leftovers.js';
+import { layerIdsIn, sweepLeftovers } from '../leftovers.js';
 import { naiveChanges, naiveDiff, naiveDiffSize } from '../naive-diff.js';
 import { applyLayerTar, changesFromUpper, tarUpperDir } from '../../archive/index.js';
 import { UnionFs, createHousekeeping, isHousekeeping } from '../../union/index.js';
@@ -245,6 +245,10 @@ export class AufsDriver implements Driver {
       await this.refs.forget(id);
     }
     await this.sweep();
+  }
+
+  layerIds(): Promise<string[]> {
+    return layerIdsIn(join(this.home, 'diff'));
   }
 
   sweep(): Promise<string[]> {

@@ -239,6 +239,12 @@ export class DevicemapperDriver implements Driver {
   }
 
   /** Mounts and attachments whose service is gone (a crash): undo them, forget their counts. */
+  async layerIds(): Promise<string[]> {
+    const ids: string[] = [];
+    for (const [hash, info] of await this.set.store.allDevices()) if (hash !== '' && !info.deleted) ids.push(hash);
+    return ids.sort();
+  }
+
   async sweep(): Promise<string[]> {
     const done: string[] = [];
     if (this.recovered !== null) done.push(`devicemapper: ${this.recovered}`);

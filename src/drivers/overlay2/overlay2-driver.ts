@@ -28,7 +28,7 @@ import type { Change, CreateOptions, Driver, DriverCapabilities, DriverOptions }
 import { strataError, isErrno } from '../../errors.js';
 import { MountRefs } from '../mount-refs.js';
 import { checkLayerId } from '../layer-id.js';
-import { sweepLeftovers } from '../leftovers.js';
+import { layerIdsIn, sweepLeftovers } from '../leftovers.js';
 import { withFileLock } from '../../util/file-lock.js';
 import { generateLinkId } from './link-id.js';
 import { LINK_DIR, buildMountSpec, childLower, splitLower } from './mount-options.js';
@@ -258,6 +258,10 @@ export class Overlay2Driver implements Driver {
       }
     });
     await this.sweep();
+  }
+
+  async layerIds(): Promise<string[]> {
+    return (await layerIdsIn(this.home)).filter((name) => !RESERVED.has(name));
   }
 
   sweep(): Promise<string[]> {

@@ -14,7 +14,7 @@ import type { Change, CreateOptions, Driver, DriverCapabilities, DriverOptions }
 import { strataError, isErrno } from '../../errors.js';
 import { MountRefs } from '../mount-refs.js';
 import { checkLayerId } from '../layer-id.js';
-import { sweepLeftovers } from '../leftovers.js';
+import { layerIdsIn, sweepLeftovers } from '../leftovers.js';
 import { naiveApplyDiff, naiveChanges, naiveDiff, naiveDiffSize } from '../naive-diff.js';
 import { copyTree } from '../../util/copy-tree.js';
 import { fsyncDir } from '../../util/atomic.js';
@@ -112,6 +112,10 @@ export class VfsDriver implements Driver {
 
   async cleanup(): Promise<void> {
     await this.sweep(); // nothing is ever mounted
+  }
+
+  layerIds(): Promise<string[]> {
+    return layerIdsIn(join(this.home, 'dir'));
   }
 
   sweep(): Promise<string[]> {
