@@ -3,6 +3,8 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { open, readFile, writeFile, stat } from 'node:fs/promises';
 import { main } from '../../src/cli/main.js';
+import { servicePid, stopService } from '../../src/nbd/service-client.js';
+import { servicePaths } from '../../src/nbd/service-paths.js';
 import { NO_TOOLS, tempDir, sparseFile, tool, pattern, thinTools } from './helpers.js';
 
 /** Run the CLI in-process, capturing stdout and stderr. */
@@ -83,6 +85,17 @@ test('seed scenario: 100 GB sparse pool, 2 GB metadata, docker table, thin 166, 
     assert.equal((await strata(...r, 'dmsetup', 'remove', 'pool')).status, 5);
     await ok(...r, 'dmsetup', 'message', 'pool', '0', 'set_transaction_id 0 1');
 
+    // the service serves both thin devices and holds the pool: its live metadata is refused at
+    // once, naming the service; stopping it (flush, commit, close) lets the tools in
+    assert.notEqual(await servicePid(root), null, 'dmsetup create of a thin device started the service');
+    assert.match(await ok(...r, 'dmsetup', 'service', 'status'), /^running \(pid \d+\)\nsnap167\t.*snap167\.sock\t\(0 clients\)\nthin166\t/);
+    const live = await strata(...r, 'thin', 'check', meta);
+    assert.equal(live.status, 5, live.stderr);
+    assert.match(live.stderr, /held open by the strata NBD service .* serving snap167, thin166/);
+    await ok(...r, 'dmsetup', 'service', 'stop');
+    assert.equal(await servicePid(root), null);
+    await assert.rejects(stat(servicePaths(root).device('thin166')), { code: 'ENOENT' });
+
     const check = await ok('thin', 'check', meta);
     assert.match(check, /TRANSACTION_ID=1\nDEVICES=2\n/);
     const dump = await ok('thin', 'dump', meta);
@@ -99,6 +112,7 @@ test('seed scenario: 100 GB sparse pool, 2 GB metadata, docker table, thin 166, 
     await ok(...r, 'dmsetup', 'remove', 'pool');
     assert.equal(await ok(...r, 'dmsetup', 'ls'), 'No devices found\n');
   } finally {
+    await stopService(join(dir, 'root')).catch(() => undefined);
     await cleanup();
   }
 });
@@ -122,6 +136,7 @@ test('cli: errors are one line with a status by category; restore round-trips a 
     await writeFile(join(dir, 'x'), pattern(300_000, 9));
     await ok(...r, 'thin', 'write', 't', join(dir, 'x'), '--offset', '64k');
     await ok(...r, 'dmsetup', 'message', 'p', '0', 'create_snap 1 0');
+    await ok(...r, 'dmsetup', 'service', 'stop'); // the dump reads metadata nobody holds open
     const xml = await ok('thin', 'dump', join(dir, 'meta'));
     await writeFile(join(dir, 'dump.xml'), xml);
     await sparseFile(join(dir, 'meta2'), 4 << 20);
@@ -136,6 +151,7 @@ test('cli: errors are one line with a status by category; restore round-trips a 
     const broken = await strata('thin', 'check', join(dir, 'meta3'));
     assert.equal(broken.status, 8, broken.stdout + broken.stderr);
   } finally {
+    await stopService(join(dir, 'root')).catch(() => undefined);
     await cleanup();
   }
 });
@@ -160,6 +176,7 @@ test('thin_restore output works as a pool for the CLI', { skip: NO_TOOLS }, asyn
     await ok(...r, 'thin', 'read', 't', '-o', join(dir, 'out'), '--length', '64k');
     assert.ok((await readFile(join(dir, 'out'))).every((b) => b === 0x77));
   } finally {
+    await stopService(join(dir, 'root')).catch(() => undefined);
     await cleanup();
   }
 });
@@ -189,6 +206,7 @@ test('cli: a full pool grows by reload + resume after the data file grows', asyn
     await ok(...r, 'thin', 'read', 't', '-o', join(dir, 'y'), '--length', '2M');
     assert.ok((await readFile(join(dir, 'y'))).equals(pattern(2 << 20, 4)));
   } finally {
+    await stopService(join(dir, 'root')).catch(() => undefined);
     await cleanup();
   }
 });
