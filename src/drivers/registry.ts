@@ -28,6 +28,10 @@ const drivers: Record<string, DriverEntry> = {
     open: async (opts) => (await import('./devicemapper/devicemapper-driver.js')).createDevicemapperDriver(opts),
     probe: async () => (await import('./devicemapper/devicemapper-driver.js')).probeDevicemapper(),
   },
+  btrfs: {
+    open: async (opts) => (await import('./btrfs/btrfs-driver.js')).createBtrfsDriver(opts),
+    probe: async (root) => (await import('./btrfs/btrfs-driver.js')).probeBtrfs(root),
+  },
 };
 
 /** Drivers in the order Docker prefers them when none is named. */
