@@ -329,8 +329,18 @@ export class Strata {
       }
       const id = randomHex();
       const record = ContainerStore.newRecord(id, name, imageId, ref, this.driver.name);
-      await this.layers.createMount(txn, id, chainId(config.rootfs.diff_ids));
-      await this.containers.put(txn, record);
+      // written and synced beside the layers; published only once they are (a crash between
+      // the two leaves layers without a record, which fsck removes, never a record without layers)
+      const prepared = this.containers.prepare(txn, record);
+      prepared.catch(() => undefined);
+      try {
+        await this.layers.createMount(txn, id, chainId(config.rootfs.diff_ids));
+      } catch (err) {
+        await prepared.then((p) => p.discard(), () => undefined);
+        await this.containers.remove(txn, id);
+        throw err;
+      }
+      await (await prepared).publish();
       return id;
     });
   }

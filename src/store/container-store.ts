@@ -7,7 +7,7 @@ import { mkdir, readFile, readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { strataError, isErrno, isStrataError } from '../errors.js';
 import { mapLimit } from '../util/map-limit.js';
-import { writeFileAtomic } from '../util/atomic.js';
+import { prepareFileAtomic, type PreparedFile } from '../util/atomic.js';
 import type { Digest } from './digest.js';
 import type { WriteTxn } from './write-lock.js';
 
@@ -72,9 +72,14 @@ export class ContainerStore {
     };
   }
 
-  async put(_txn: WriteTxn, record: ContainerRecord): Promise<void> {
+  async put(txn: WriteTxn, record: ContainerRecord): Promise<void> {
+    await (await this.prepare(txn, record)).publish();
+  }
+
+  /** Write and sync the record under a temp name; it exists for readers once published. */
+  async prepare(_txn: WriteTxn, record: ContainerRecord): Promise<PreparedFile> {
     await mkdir(join(this.dir, record.ID), { recursive: true, mode: 0o710 });
-    await writeFileAtomic(this.path(record.ID), JSON.stringify(record), 0o600);
+    return prepareFileAtomic(this.path(record.ID), JSON.stringify(record), 0o600);
   }
 
   async get(id: string): Promise<ContainerRecord> {

@@ -243,17 +243,20 @@ export class LayerStore {
     const mountId = randomHex();
     const initId = `${mountId}-init`;
     await this.markIncomplete(`incomplete-mount-${containerId}`, mountId);
+    const files: Record<string, string> = { 'mount-id': mountId, 'init-id': initId };
+    if (parent) files.parent = parent;
+    // the record is written and synced while the driver works; only its rename waits for it
+    const prepared = this.prepareWriteSet(files, {});
+    prepared.catch(() => undefined);
     try {
       await this.driver.createReadWrite(initId, parentInfo?.cacheId ?? null);
       await this.fillInitLayer(initId, parent);
       await this.driver.createReadWrite(mountId, initId);
-      const files: Record<string, string> = { 'mount-id': mountId, 'init-id': initId };
-      if (parent) files.parent = parent;
-      await mkdir(join(this.dir, 'mounts'), { recursive: true });
-      await this.commitWriteSet(files, {}, this.mountDir(containerId));
+      await this.publishWriteSet(await prepared, this.mountDir(containerId));
       await this.clearIncomplete(`incomplete-mount-${containerId}`);
       return { containerId, mountId, initId, parent };
     } catch (err) {
+      await prepared.then((set) => rm(set, { recursive: true, force: true }), () => undefined);
       for (const id of [mountId, initId]) if (await this.driver.exists(id)) await this.driver.remove(id).catch(() => undefined);
       await this.clearIncomplete(`incomplete-mount-${containerId}`);
       throw err;
@@ -397,6 +400,11 @@ export class LayerStore {
 
   /** Write small files (and move staged ones) into a temp dir, fsync, rename it to `target`. */
   private async commitWriteSet(files: Record<string, string>, staged: Record<string, string>, target: string): Promise<void> {
+    await this.publishWriteSet(await this.prepareWriteSet(files, staged), target);
+  }
+
+  /** The synced temp dir of a write set (under layerdb/tmp, which recover() empties). */
+  private async prepareWriteSet(files: Record<string, string>, staged: Record<string, string>): Promise<string> {
     const set = join(this.tmp, `write-set-${randomHex().slice(0, 16)}`);
     await mkdir(set, { recursive: true, mode: 0o700 });
     // fsyncs in parallel: the filesystem folds them into one journal commit
@@ -419,6 +427,10 @@ export class LayerStore {
       await rename(from, join(set, name));
     }));
     await fsyncDir(set);
+    return set;
+  }
+
+  private async publishWriteSet(set: string, target: string): Promise<void> {
     await mkdir(join(target, '..'), { recursive: true, mode: 0o700 });
     await rename(set, target);
     await fsyncDir(join(target, '..'));

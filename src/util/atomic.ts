@@ -12,12 +12,20 @@ export async function fsyncDir(dir: string): Promise<void> {
   }
 }
 
+/** A file written and synced beside its final name, not yet in place. */
+export interface PreparedFile {
+  /** Rename it over the final name and fsync the directory. */
+  publish(): Promise<void>;
+  /** Throw it away (on an error before publishing). */
+  discard(): Promise<void>;
+}
+
 /**
- * Replace `path` with `data` atomically: write a temp file beside it, fsync, rename over, fsync
- * the directory. A crash leaves either the old content or the new, never a torn file (at worst a
- * stray `.tmp-*` sibling, which sweepers may delete).
+ * The first half of writeFileAtomic: write `data` to a temp file beside `path` and fsync it.
+ * Callers with other work to do meanwhile (driver layers, another record) publish it later and
+ * so take the sync off their critical path.
  */
-export async function writeFileAtomic(path: string, data: string | Uint8Array, mode = 0o644): Promise<void> {
+export async function prepareFileAtomic(path: string, data: string | Uint8Array, mode = 0o644): Promise<PreparedFile> {
   const dir = dirname(path);
   const tmp = join(dir, `.tmp-${basename(path)}-${randomBytes(6).toString('hex')}`);
   const handle = await open(tmp, 'w', mode);
@@ -30,8 +38,22 @@ export async function writeFileAtomic(path: string, data: string | Uint8Array, m
     throw err;
   }
   await handle.close();
-  await rename(tmp, path);
-  await fsyncDir(dir);
+  return {
+    publish: async () => {
+      await rename(tmp, path);
+      await fsyncDir(dir);
+    },
+    discard: () => rm(tmp, { force: true }),
+  };
+}
+
+/**
+ * Replace `path` with `data` atomically: write a temp file beside it, fsync, rename over, fsync
+ * the directory. A crash leaves either the old content or the new, never a torn file (at worst a
+ * stray `.tmp-*` sibling, which sweepers may delete).
+ */
+export async function writeFileAtomic(path: string, data: string | Uint8Array, mode = 0o644): Promise<void> {
+  await (await prepareFileAtomic(path, data, mode)).publish();
 }
 
 /**
