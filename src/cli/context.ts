@@ -67,7 +67,8 @@ export function since(iso: string): string {
  * (and the total when known) so long imports are not silent.
  */
 export async function openInput(path: string): Promise<Readable> {
-  const source: Readable = path === '-' ? process.stdin : createReadStream(path);
+  // 1 MiB reads: a layer tar is read once, start to end
+  const source: Readable = path === '-' ? process.stdin : createReadStream(path, { highWaterMark: 1 << 20 });
   if (!process.stderr.isTTY) return source;
   const total = path === '-' ? 0 : (await stat(path)).size;
   let done = 0;

@@ -1,4 +1,5 @@
 /**
+
  * `strata load`: docker-archive (Docker's `save`, skopeo's `docker-archive:`), OCI archives and
  * OCI layout directories. An archive file is first unpacked into a temp directory under the
  * root (as `docker load` does) through the same confined extractor as layers, so a hostile
@@ -20,6 +21,9 @@ import {
   isManifestMediaType, parseDockerManifest, parseJsonObject, pickPlatform,
 } from './manifest.js';
 
+/** Archives and layers are read once, start to end: 1 MiB reads. */
+const READ_AHEAD = { highWaterMark: 1 << 20 };
+
 export interface LoadedImage {
   id: Digest;
   tags: string[];
@@ -32,7 +36,7 @@ export async function loadImages(strata: Strata, source: string | Readable): Pro
   await mkdir(tmpRoot, { recursive: true, mode: 0o700 });
   const dir = await mkdtemp(join(tmpRoot, 'load-'));
   try {
-    const input = typeof source === 'string' ? createReadStream(source) : source;
+    const input = typeof source === 'string' ? createReadStream(source, READ_AHEAD) : source;
     await applyLayerTar(dir, await openLayerStream(input), { whiteouts: 'aufs' });
     return await loadFromDirectory(strata, dir);
   } finally {
@@ -57,7 +61,7 @@ async function loadDockerArchive(strata: Strata, dir: string): Promise<LoadedIma
       if (item.Layers.length !== config.rootfs.diff_ids.length) {
         throw strataError('INVALID_ARCHIVE', `invalid manifest, layers length mismatch: expected ${config.rootfs.diff_ids.length}, got ${item.Layers.length}`);
       }
-      const layers = item.Layers.map((path) => async () => createReadStream(await inside(dir, path)) as Readable);
+      const layers = item.Layers.map((path) => async () => createReadStream(await inside(dir, path), READ_AHEAD) as Readable);
       const tags = (item.RepoTags ?? []).map((t) => formatReference(withDefaultTag(parseReference(t))));
       const id = await strata.addImage(txn, configBytes, layers, tags);
       loaded.push({ id, tags });
@@ -83,7 +87,7 @@ async function loadOciLayout(strata: Strata, dir: string): Promise<LoadedImage[]
       const layers = manifest.layers.map((d, i) => {
         const desc = checkDescriptor(d, `layer ${i}`);
         return async () => {
-          const file = createReadStream(await inside(dir, blobPath(desc.digest)));
+          const file = createReadStream(await inside(dir, blobPath(desc.digest)), READ_AHEAD);
           const verifier = new DigestVerifier(desc.digest, `layer blob ${desc.digest}`);
           file.on('error', (err) => verifier.destroy(err));
           return file.pipe(verifier) as Readable;
