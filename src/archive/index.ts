@@ -11,7 +11,6 @@ export { parsePaxRecords, encodePaxRecords, formatPaxRecord, type PaxRecords } f
 export { readTar, type TarEntry, type ReadTarOptions } from './tar/reader.js';
 export { TarWriter, buildTar } from './tar/writer.js';
 export { openLayerStream, detectCompression, type Compression } from './compression.js';
-export { OffThreadTarSplitRecorder } from './tar-split-offthread.js';
 export {
   TarSplitRecorder, assembleTar, encodeTarSplitEntry, decodeTarSplitEntry,
   type TarSplitEntry, type TarSplitResult, type TarSplitRecorderOptions, type OpenFile,

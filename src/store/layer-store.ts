@@ -13,14 +13,14 @@
  * recover() belongs to a dead process.
  */
 import { mkdir, readFile, readdir, rename, rm, open, stat, writeFile } from 'node:fs/promises';
-import { createReadStream } from 'node:fs';
+import { createReadStream, createWriteStream } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { PassThrough, type Readable } from 'node:stream';
 import { DigestVerifier } from '../util/digest-verifier.js';
 import { pipeline } from 'node:stream/promises';
 import type { Driver } from '../drivers/driver.js';
-import { OffThreadTarSplitRecorder, assembleTar, decodeTarSplitEntry, openLayerStream } from '../archive/index.js';
+import { TarSplitRecorder, assembleTar, decodeTarSplitEntry, openLayerStream } from '../archive/index.js';
 import { createGunzip } from 'node:zlib';
 import { createInterface } from 'node:readline';
 import { strataError, isErrno, isStrataError } from '../errors.js';
@@ -155,7 +155,7 @@ export class LayerStore {
     try {
       await this.driver.create(cacheId, parentInfo?.cacheId ?? null);
       const tar = await openLayerStream(input);
-      const recorder = new OffThreadTarSplitRecorder(tarSplitTmp);
+      const recorder = new TarSplitRecorder(createWriteStream(tarSplitTmp));
       const passthrough = tar.pipe(recorder);
       tar.on('error', (err) => recorder.destroy(err));
       const size = await this.driver.applyDiff(cacheId, parentInfo?.cacheId ?? null, passthrough);
