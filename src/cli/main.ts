@@ -1,3 +1,4 @@
+import { createRequire } from 'node:module';
 import { Command, CommanderError } from 'commander';
 import { StrataError, exitStatusFor } from '../errors.js';
 import { commandGroups } from './commands/index.js';
@@ -13,6 +14,7 @@ export interface GlobalOptions {
 export function buildProgram(): Command {
   const program = new Command('strata')
     .description('container image storage engine (Docker storage drivers, no daemon)')
+    .version(packageVersion(), '-v, --version', 'print the version')
     .option('--root <dir>', 'data root (default /var/lib/strata as root, else $XDG_DATA_HOME/strata)')
     .option('-s, --storage-driver <name>', 'storage driver (default: overlay2 where it can mount, else vfs)')
     .option('--storage-opt <key=value>', 'driver option (repeatable)', (value: string, acc: string[]) => [...acc, value], [] as string[])
@@ -21,6 +23,11 @@ export function buildProgram(): Command {
     .exitOverride();
   for (const register of commandGroups) register(program);
   return program;
+}
+
+function packageVersion(): string {
+  const pkg = createRequire(import.meta.url)('../../package.json') as { version: string };
+  return pkg.version;
 }
 
 /** Run the CLI; returns the exit status. Errors print one line on stderr (a stack with --debug). */

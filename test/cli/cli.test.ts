@@ -23,6 +23,11 @@ describe('strata CLI (vfs)', () => {
     await rm(work, { recursive: true, force: true });
   });
 
+  it('--version prints the package version', async () => {
+    const pkg = JSON.parse(await readFile(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+    assert.equal(await cli(['--version']), pkg.version);
+  });
+
   it('imports, creates, changes, diffs, commits, lists and removes', async () => {
     const tar = await layerTar([dir('etc'), file('etc/os-release', 'ID=base\n'), file('etc/motd', 'hi\n'), dir('tmp', 0o1777)]);
     await writeFile(join(work, 'base.tar'), tar);
