@@ -1,7 +1,7 @@
 import { createRequire } from 'node:module';
 import { Command, CommanderError } from 'commander';
 import { StrataError, exitStatusFor } from '../errors.js';
-import { commandGroups } from './commands/index.js';
+import { groupsFor } from './commands/index.js';
 
 /** Global flags every command sees (`--root`, `--storage-driver`, `--storage-opt`, `--debug`). */
 export interface GlobalOptions {
@@ -11,7 +11,8 @@ export interface GlobalOptions {
   debug: boolean;
 }
 
-export function buildProgram(): Command {
+/** The program with the commands `argv` needs (all of them by default, for help). */
+export async function buildProgram(argv: readonly string[] = []): Promise<Command> {
   const program = new Command('strata')
     .description('container image storage engine (Docker storage drivers, no daemon)')
     .version(packageVersion(), '-v, --version', 'print the version')
@@ -21,7 +22,7 @@ export function buildProgram(): Command {
     .option('-D, --debug', 'print stack traces on errors', false)
     .showHelpAfterError(false)
     .exitOverride();
-  for (const register of commandGroups) register(program);
+  for (const group of groupsFor(argv)) (await group.load())(program);
   return program;
 }
 
@@ -32,7 +33,7 @@ function packageVersion(): string {
 
 /** Run the CLI; returns the exit status. Errors print one line on stderr (a stack with --debug). */
 export async function main(argv: string[]): Promise<number> {
-  const program = buildProgram();
+  const program = await buildProgram(argv);
   try {
     await program.parseAsync(argv, { from: 'user' });
     return 0;

@@ -1,13 +1,13 @@
 import type { Command } from 'commander';
 import { stat } from 'node:fs/promises';
 import { resolve } from 'node:path';
-import { tarDirectory } from '../../archive/index.js';
 import { openInput, openStrata, print, printJson, printTable, shortId, since, writeOutput } from '../context.js';
 import { formatSize } from '../../util/units.js';
-import { loadImages } from '../../image/load.js';
-import { saveImages, type SaveFormat } from '../../image/save.js';
+import type { SaveFormat } from '../../image/save.js';
 import { strataError } from '../../errors.js';
 
+// load and save (and their archive code) are imported by the commands that use them: every CLI
+// call pays for the modules it loads
 export function registerImageCommands(program: Command): void {
   program
     .command('import')
@@ -18,7 +18,7 @@ export function registerImageCommands(program: Command): void {
     .action(async (source: string, reference: string | undefined, opts: { message?: string }, cmd: Command) => {
       const strata = await openStrata(cmd);
       const isDir = source !== '-' && (await stat(source)).isDirectory();
-      const input = isDir ? tarDirectory(resolve(source)) : await openInput(source);
+      const input = isDir ? (await import('../../archive/index.js')).tarDirectory(resolve(source)) : await openInput(source);
       const id = await strata.importImage(input, {
         ...(reference ? { ref: reference } : {}),
         ...(opts.message ? { message: opts.message } : {}),
@@ -35,6 +35,7 @@ export function registerImageCommands(program: Command): void {
     .action(async (opts: { input?: string; quiet?: boolean }, cmd: Command) => {
       const strata = await openStrata(cmd);
       const source = opts.input ?? '-';
+      const { loadImages } = await import('../../image/load.js');
       const loaded = await loadImages(strata, source === '-' ? await openInput('-') : source);
       for (const image of loaded) {
         if (opts.quiet || image.tags.length === 0) print(opts.quiet ? image.id : `Loaded image ID: ${image.id}`);
@@ -50,6 +51,7 @@ export function registerImageCommands(program: Command): void {
     .option('--format <format>', 'docker or oci', 'docker')
     .action(async (refs: string[], opts: { output?: string; format: string }, cmd: Command) => {
       if (opts.format !== 'docker' && opts.format !== 'oci') throw strataError('INVALID_ARGUMENT', `--format must be docker or oci, not ${opts.format}`);
+      const { saveImages } = await import('../../image/save.js');
       await writeOutput(await saveImages(await openStrata(cmd), refs, opts.format as SaveFormat), opts.output);
     });
 
