@@ -133,12 +133,14 @@ export class NbdServer implements ExportLookup {
   /** Stop listening, hang up on every client after its in-flight requests, remove socket files. */
   async close(): Promise<void> {
     this.closing = true;
-    await Promise.all(this.listeners.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
+    // a listener's close callback waits for its connections to end: hang up on them meanwhile
+    const listening = Promise.all(this.listeners.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
     this.listeners.length = 0;
     for (const c of this.connections) c.reader.abort();
     const deadline = setTimeout(() => { for (const c of this.connections) c.socket.destroy(); }, 5000);
     await Promise.all([...this.connections].map((c) => c.done));
     clearTimeout(deadline);
+    await listening;
     for (const path of this.unixPaths) await rm(path, { force: true });
     this.unixPaths.length = 0;
   }

@@ -1,0 +1,46 @@
+// NbdServer.close() with clients still connected: it hangs up on them (a listener's close
+// callback waits for its connections, so waiting for it first never returned).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { writeFile, truncate } from 'node:fs/promises';
+import { NbdServer } from '../../src/nbd/server.js';
+import { FileExport } from '../../src/nbd/file-export.js';
+import { OPT } from '../../src/nbd/protocol.js';
+import { RawClient, goData, tempDir } from './helpers.js';
+
+const MiB = 1024 * 1024;
+
+async function attach(sock: string, name: string): Promise<RawClient> {
+  const c = await RawClient.connect(sock);
+  await c.greet();
+  c.sendOption(OPT.GO, goData(name));
+  const replies = await c.readOptionReplies();
+  assert.equal(replies[replies.length - 1]!.type, 1, 'GO acknowledged');
+  return c;
+}
+
+test('close() with clients still connected hangs up on them instead of waiting for them', async () => {
+  const { dir, cleanup } = await tempDir('strata-nbd-data-');
+  const file = join(dir, 'disk');
+  await writeFile(file, '');
+  await truncate(file, MiB);
+  const exp = await FileExport.open(file, { name: 'disk' });
+  const server = new NbdServer([exp]);
+  const sock = join(dir, 'nbd.sock');
+  await server.listenUnix(sock);
+  try {
+    const idle = await attach(sock, 'disk');
+    const haggling = await RawClient.connect(sock);
+    await haggling.greet();
+    const t0 = Date.now();
+    await server.close();
+    assert.ok(Date.now() - t0 < 4000, `close took ${Date.now() - t0} ms`);
+    assert.ok(await idle.closedWithin(2000));
+    assert.ok(await haggling.closedWithin(2000));
+  } finally {
+    await server.close();
+    await exp.close();
+    await cleanup();
+  }
+});
