@@ -3,8 +3,7 @@
 // so: Parent UUID), and diff, commit, fsck and the CLI work through them.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
-import { lstat, mkdir, mkdtemp, readFile, readdir, rm, truncate, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
@@ -15,47 +14,7 @@ import { isStrataError } from '../../src/errors.js';
 import { file, isRoot, layerTar, type FsOp } from '../helpers/fstest.js';
 import { strata as strataCli, strataOk } from '../helpers/cli.js';
 import { BASE_OPS, WHITEOUT_OPS, dockerArchive } from '../interop/fixtures.js';
-
-function sh(cmd: string, args: string[]): Promise<string> {
-  return new Promise((resolve, reject) => {
-    execFile(cmd, args, { encoding: 'utf8' }, (err, stdout, stderr) => {
-      if (err) reject(new Error(`${cmd} ${args.join(' ')}: ${(stderr || err.message).trim()}`));
-      else resolve(stdout);
-    });
-  });
-}
-
-/** A 1 GiB sparse file with a fresh btrfs, loop-mounted; `dispose` unmounts and deletes it. */
-async function scratchBtrfs(): Promise<{ mount: string; dispose: () => Promise<void> } | string> {
-  if (!isRoot) return 'needs root to loop-mount a scratch btrfs';
-  if (!/\tbtrfs$/m.test(await readFile('/proc/filesystems', 'utf8'))) await sh('modprobe', ['btrfs']).catch(() => undefined);
-  if (!/\tbtrfs$/m.test(await readFile('/proc/filesystems', 'utf8'))) return 'the kernel has no btrfs';
-  if (!(await sh('mkfs.btrfs', ['--version']).then(() => true, () => false))) return 'mkfs.btrfs (btrfs-progs) is not installed';
-  const work = await mkdtemp(join(tmpdir(), 'strata-btrfs-store-fs-'));
-  const image = join(work, 'btrfs.img');
-  const mount = join(work, 'mnt');
-  let mounted = false;
-  const dispose = async () => {
-    if (mounted) {
-      // mount -o loop set the loop device to clear itself on unmount
-      await sh('umount', [mount]).catch(() => sh('umount', ['-l', mount]));
-      mounted = false;
-    }
-    await rm(work, { recursive: true, force: true });
-  };
-  try {
-    await writeFile(image, '');
-    await truncate(image, 1 << 30);
-    await sh('mkfs.btrfs', ['-q', image]);
-    await mkdir(mount);
-    await sh('mount', ['-o', 'loop', image, mount]);
-    mounted = true;
-    return { mount, dispose };
-  } catch (err) {
-    await dispose();
-    throw err;
-  }
-}
+import { scratchBtrfs, sh } from '../helpers/btrfs.js';
 
 async function digestOf(stream: Readable): Promise<string> {
   const hash = createHash('sha256');
@@ -71,7 +30,7 @@ async function subvolume(path: string): Promise<{ uuid: string; parentUuid: stri
 describe('btrfs under the layer store', () => {
   let scratch: { mount: string; dispose: () => Promise<void> } | string = 'not set up';
   before(async () => {
-    scratch = await scratchBtrfs();
+    scratch = await scratchBtrfs('strata-btrfs-store-fs-');
   });
   after(async () => {
     if (typeof scratch !== 'string') await scratch.dispose();

@@ -3,8 +3,8 @@
 // has: snapshots, nested subvolumes, crash leftovers, quotas, the create latency, and SIGKILLs.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile, spawn } from 'node:child_process';
-import { access, mkdir, mkdtemp, readFile, readdir, rm, statfs, truncate, writeFile } from 'node:fs/promises';
+import { spawn } from 'node:child_process';
+import { access, mkdir, mkdtemp, readFile, readdir, rm, statfs, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { constants, tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
@@ -16,48 +16,7 @@ import { ioctlSubvolumeOps } from '../../src/drivers/btrfs/ioctl-ops.js';
 import { cliSubvolumeOps } from '../../src/drivers/btrfs/cli-ops.js';
 import { isSubvolume, type SubvolumeOps } from '../../src/drivers/btrfs/subvolume.js';
 import { isStrataError } from '../../src/errors.js';
-import { isRoot } from '../helpers/fstest.js';
-
-function sh(cmd: string, args: string[]): Promise<string> {
-  return new Promise((resolve, reject) => {
-    execFile(cmd, args, { encoding: 'utf8' }, (err, stdout, stderr) => {
-      if (err) reject(new Error(`${cmd} ${args.join(' ')}: ${(stderr || err.message).trim()}`));
-      else resolve(stdout);
-    });
-  });
-}
-
-/** A 1 GiB sparse file with a fresh btrfs, loop-mounted; `dispose` unmounts and deletes it. */
-async function scratchBtrfs(): Promise<{ mount: string; dispose: () => Promise<void> } | string> {
-  if (!isRoot) return 'needs root to loop-mount a scratch btrfs';
-  if (!/\tbtrfs$/m.test(await readFile('/proc/filesystems', 'utf8'))) await sh('modprobe', ['btrfs']).catch(() => undefined);
-  if (!/\tbtrfs$/m.test(await readFile('/proc/filesystems', 'utf8'))) return 'the kernel has no btrfs';
-  if (!(await sh('mkfs.btrfs', ['--version']).then(() => true, () => false))) return 'mkfs.btrfs (btrfs-progs) is not installed';
-  const work = await mkdtemp(join(tmpdir(), 'strata-btrfs-fs-'));
-  const image = join(work, 'btrfs.img');
-  const mount = join(work, 'mnt');
-  let mounted = false;
-  const dispose = async () => {
-    if (mounted) {
-      // mount -o loop set the loop device to clear itself on unmount
-      await sh('umount', [mount]).catch(() => sh('umount', ['-l', mount]));
-      mounted = false;
-    }
-    await rm(work, { recursive: true, force: true });
-  };
-  try {
-    await writeFile(image, '');
-    await truncate(image, 1 << 30);
-    await sh('mkfs.btrfs', ['-q', image]);
-    await mkdir(mount);
-    await sh('mount', ['-o', 'loop', image, mount]);
-    mounted = true;
-    return { mount, dispose };
-  } catch (err) {
-    await dispose();
-    throw err;
-  }
-}
+import { scratchBtrfs, sh } from '../helpers/btrfs.js';
 
 let scratch: Promise<{ mount: string; dispose: () => Promise<void> } | string> | null = null;
 const previousTmp = process.env.STRATA_TEST_TMP;
