@@ -6,10 +6,11 @@
  * possible there).
  */
 import { open, type FileHandle } from 'node:fs/promises';
-import { read as readCb, write as writeCb } from 'node:fs';
+import { writev as writevCb, readv as readvCb } from 'node:fs';
 import { createRequire } from 'node:module';
 import { strataError, isErrno } from '../errors.js';
 import type { NbdExport, NbdExtent, WriteOptions, ZeroOptions } from './nbd-export.js';
+import { IoQueue } from './io-queue.js';
 
 const require = createRequire(import.meta.url);
 const fsExt = require('fs-ext') as {
@@ -21,15 +22,61 @@ const SEEK_HOLE = 4;
 /** Extents per blockStatus call; the client asks again for the rest. */
 const MAX_EXTENTS_PER_CALL = 4096;
 const ZERO_STEP = 1024 * 1024;
+/**
+ * preadv/pwritev calls in flight per file. Buffered writes to one file take its inode lock, so
+ * more writers would only spin on it (measured: 16 threads writing 256 KiB each spent more CPU
+ * spinning than copying). Reads run wider (a disk serves several at once); either way, requests
+ * queued behind these are merged (IoQueue).
+ */
+const WRITES_IN_FLIGHT = 2;
+const READS_IN_FLIGHT = 4;
+/** A merged call stops at this many bytes. */
+const MERGE_MAX_BYTES = 32 * 1024 * 1024;
 
 // The callback forms of read/write: measurably cheaper per call than FileHandle's promise forms
 // on the hot path (fewer allocations per request).
-function pread(fd: number, buf: Buffer, offset: number, length: number, position: number): Promise<number> {
-  return new Promise((resolve, reject) => readCb(fd, buf, offset, length, position, (err, n) => (err ? reject(err) : resolve(n))));
+function pwritev(fd: number, bufs: Buffer[], position: number): Promise<number> {
+  return new Promise((resolve, reject) => writevCb(fd, bufs, position, (err, n) => (err ? reject(err) : resolve(n))));
 }
 
-function pwrite(fd: number, buf: Buffer, offset: number, length: number, position: number): Promise<number> {
-  return new Promise((resolve, reject) => writeCb(fd, buf, offset, length, position, (err, n) => (err ? reject(err) : resolve(n))));
+function preadv(fd: number, bufs: Buffer[], position: number): Promise<number> {
+  return new Promise((resolve, reject) => readvCb(fd, bufs, position, (err, n) => (err ? reject(err) : resolve(n))));
+}
+
+/** All of `bufs` at `position`, however the kernel splits it. */
+async function pwritevAll(fd: number, bufs: Buffer[], position: number): Promise<void> {
+  let total = 0;
+  for (const b of bufs) total += b.length;
+  let done = 0;
+  while (done < total) {
+    const n = await pwritev(fd, bufs, position + done);
+    done += n;
+    if (done < total) bufs = dropFront(bufs, n);
+  }
+}
+
+/** Fill all of `bufs` from `position`; past the file's end they read as zeroes. */
+async function preadvAll(fd: number, bufs: Buffer[], position: number): Promise<void> {
+  let total = 0;
+  for (const b of bufs) total += b.length;
+  let done = 0;
+  while (done < total) {
+    const n = await preadv(fd, bufs, position + done);
+    if (n === 0) {
+      for (const b of bufs) b.fill(0);
+      return;
+    }
+    done += n;
+    if (done < total) bufs = dropFront(bufs, n);
+  }
+}
+
+function dropFront(bufs: Buffer[], n: number): Buffer[] {
+  let i = 0;
+  while (i < bufs.length && n >= bufs[i]!.length) n -= bufs[i++]!.length;
+  const rest = bufs.slice(i);
+  if (n > 0) rest[0] = rest[0]!.subarray(n);
+  return rest;
 }
 
 function seek(fd: number, offset: number, whence: number): Promise<number | null> {
@@ -74,25 +121,21 @@ export class FileExport implements NbdExport {
     }
   }
 
+  private readonly reads = new IoQueue({ width: READS_IN_FLIGHT, maxBytes: MERGE_MAX_BYTES }, (bufs, position) => preadvAll(this.handle.fd, bufs, position));
+  private readonly writes = new IoQueue({ width: WRITES_IN_FLIGHT, maxBytes: MERGE_MAX_BYTES }, (bufs, position) => pwritevAll(this.handle.fd, bufs, position));
+
   async read(buf: Buffer, offset: number): Promise<void> {
-    let done = 0;
-    while (done < buf.length) {
-      const bytesRead = await pread(this.handle.fd, buf, done, buf.length - done, offset + done);
-      if (bytesRead === 0) {
-        buf.fill(0, done); // past the file's end
-        return;
-      }
-      done += bytesRead;
-    }
+    await this.reads.run([buf], offset);
   }
 
-  async write(buf: Buffer, offset: number, options: WriteOptions): Promise<void> {
-    let done = 0;
-    while (done < buf.length) {
-      const bytesWritten = await pwrite(this.handle.fd, buf, done, buf.length - done, offset + done);
-      done += bytesWritten;
-    }
+  /** The payload as the socket delivered it; queued writes that continue one another merge. */
+  async writev(bufs: readonly Buffer[], offset: number, options: WriteOptions): Promise<void> {
+    await this.writes.run(bufs, offset);
     if (options.fua) await this.handle.datasync();
+  }
+
+  write(buf: Buffer, offset: number, options: WriteOptions): Promise<void> {
+    return this.writev([buf], offset, options);
   }
 
   async flush(): Promise<void> {

@@ -50,6 +50,12 @@ export interface NbdExport {
   read(buf: Buffer, offset: number): Promise<void>;
   /** `buf` is the server's (reused for later requests): copy what must outlive the promise. */
   write(buf: Buffer, offset: number, options: WriteOptions): Promise<void>;
+  /**
+   * The same write, its bytes in pieces (a WRITE payload as the socket delivered it, so nothing
+   * is copied on the way to pwritev). Optional: without it the server copies the pieces into one
+   * buffer for `write`. The pieces are the server's too: copy what must outlive the promise.
+   */
+  writev?(bufs: readonly Buffer[], offset: number, options: WriteOptions): Promise<void>;
   flush(): Promise<void>;
   /** Discard: a hint; contents are undefined until rewritten. Absent: TRIM not advertised. */
   trim?(offset: number, length: number, options: WriteOptions): Promise<void>;

@@ -20,6 +20,9 @@ import { negotiate, type ExportLookup } from './handshake.js';
 import { serveTransmission } from './transmission.js';
 import type { NbdExport } from './nbd-export.js';
 
+/** Bytes read ahead of the requests being handled before the socket is paused: little, so that
+ *  WRITE payloads are still in the CPU cache when written out (see transmission.ts). */
+const RECEIVE_AHEAD = 2 * 1024 * 1024;
 /** A client that has not finished haggling by then is dropped. */
 const HANDSHAKE_TIMEOUT_MS = 30_000;
 
@@ -146,7 +149,7 @@ export class NbdServer implements ExportLookup {
   }
 
   private newListener(): Server {
-    const server = createServer({ pauseOnConnect: false }, (socket) => this.accept(socket));
+    const server = createServer({ pauseOnConnect: true }, (socket) => this.accept(socket));
     server.on('error', (err) => this.options.log?.(`nbd listener: ${err.message}`));
     return server;
   }
@@ -158,7 +161,7 @@ export class NbdServer implements ExportLookup {
     }
     socket.setNoDelay(true);
     socket.on('error', () => { /* seen by the reader as EOF */ });
-    const conn: Connection = { socket, reader: new SocketReader(socket), exportName: undefined, done: Promise.resolve() };
+    const conn: Connection = { socket, reader: new SocketReader(socket, RECEIVE_AHEAD, { receiveSlabs: true }), exportName: undefined, done: Promise.resolve() };
     this.connections.add(conn);
     conn.done = this.run(conn).finally(() => this.connections.delete(conn));
   }
