@@ -69,6 +69,9 @@ export class Pool {
   private spaceWaiters: Array<() => void> = [];
   private timer: NodeJS.Timeout | null = null;
   private closed = false;
+  /** Data reads and writes running outside the mutex (ThinDevice.read/write), and their waiters. */
+  private unlockedIo = 0;
+  private ioDrained: Array<() => void> = [];
 
   private constructor(
     readonly md: ThinMetadata,
@@ -129,12 +132,63 @@ export class Pool {
     return this.failedMode ?? (this.outOfSpace ? 'out_of_data_space' : 'rw');
   }
 
-  /** Run `fn` holding the pool's mutex (every metadata access and data I/O goes through it). */
+  /** Run `fn` holding the pool's mutex (every metadata access goes through it; thin devices' data
+   *  I/O starts under it and may finish after it, see `unlockedIoRun`). */
   locked<T>(fn: () => Promise<T>): Promise<T> {
     return this.mutex.run(async () => {
       if (this.closed) throw strataError('INVALID_ARGUMENT', 'the pool is closed');
       return fn();
     });
+  }
+
+  /**
+   * Data I/O that runs outside the mutex, on blocks looked up (or mapped) under it: call with the
+   * mutex held, so that no commit comes between the lookup and the count. Such a block cannot
+   * be handed out again while the I/O runs: a block freed in a transaction is only allocatable
+   * after the commit (SpaceMap), and every commit first waits for these (`drainIo`).
+   */
+  async unlockedIoRun<T>(fn: () => Promise<T>): Promise<T> {
+    this.unlockedIo++;
+    try {
+      return await fn();
+    } finally {
+      if (--this.unlockedIo === 0) {
+        const waiters = this.ioDrained;
+        this.ioDrained = [];
+        for (const w of waiters) w();
+      }
+    }
+  }
+
+  /**
+   * Data blocks whose new contents are still being written outside the mutex (ThinDevice.write):
+   * reading one, or writing into it again, must wait for that write first.
+   */
+  private readonly landing = new Map<number, Promise<void>>();
+
+  /** Record that `done` writes data blocks [first, last]. */
+  dataLanding(first: number, last: number, done: Promise<void>): void {
+    for (let b = first; b <= last; b++) this.landing.set(b, done);
+    const clear = (): void => {
+      for (let b = first; b <= last; b++) if (this.landing.get(b) === done) this.landing.delete(b);
+    };
+    done.then(clear, clear);
+  }
+
+  /** Writes still landing on data blocks [first, last]. */
+  landingOn(first: number, last: number, into: Set<Promise<void>>): void {
+    if (this.landing.size === 0) return;
+    for (let b = first; b <= last; b++) {
+      const p = this.landing.get(b);
+      if (p) into.add(p);
+    }
+  }
+
+  /** Wait until no data I/O started outside the mutex is in flight (with the mutex held, none
+   *  can start meanwhile). */
+  drainIo(): Promise<void> {
+    if (this.unlockedIo === 0) return Promise.resolve();
+    return new Promise((resolve) => this.ioDrained.push(resolve));
   }
 
   assertWritable(): void {
@@ -222,6 +276,8 @@ export class Pool {
   /** Flush data, then commit metadata (superblock last). Call with the mutex held. */
   async commitLocked(): Promise<void> {
     if (this.features.readOnly) return;
+    // reads outside the mutex may still use blocks freed in this transaction
+    await this.drainIo();
     if (this.dataDirty) {
       await this.dataDevice.flush();
       this.dataDirty = false;
@@ -374,6 +430,7 @@ export class Pool {
       this.closed = true;
     }).finally(async () => {
       this.closed = true;
+      await this.drainIo();
       this.open.clear();
       for (const w of this.spaceWaiters) w();
       if (!this.opts.metadataDevice) await this.metadataDevice.close().catch(() => undefined);

@@ -55,8 +55,14 @@ export class ThinDevice {
 
   async read(buf: Buffer, offset: number): Promise<void> {
     await this.enter(offset, buf.length);
-    await this.pool.locked(async () => {
-      const bs = this.pool.blockBytes;
+    const pool = this.pool;
+    const runs: Array<{ into: Buffer; at: number }> = [];
+    const landing = new Set<Promise<void>>();
+    // Look up under the mutex; read the data after it, concurrently with other requests, once
+    // writes still landing on those blocks are done (Pool.landingOn). The blocks stay ours until
+    // the next commit, which waits for these reads (Pool.drainIo).
+    const issue = await pool.locked(async () => {
+      const bs = pool.blockBytes;
       const end = offset + buf.length;
       const map = await this.mappings(offset, end);
       for (let pos = offset; pos < end;) {
@@ -73,17 +79,30 @@ export class ThinDevice {
         for (let next = m.block + 1; runEnd < end && map.get(runEnd / bs)?.block === next; next++) {
           runEnd += Math.min(bs, end - runEnd);
         }
-        await this.pool.dataDevice.read(buf.subarray(pos - offset, runEnd - offset), m.block * bs + (pos - vb * bs));
+        const at = m.block * bs + (pos - vb * bs);
+        runs.push({ into: buf.subarray(pos - offset, runEnd - offset), at });
+        pool.landingOn(m.block, Math.floor((at + (runEnd - pos) - 1) / bs), landing);
         pos = runEnd;
       }
+      if (runs.length === 0) return { reading: undefined };
+      // counted before the mutex is let go, so no commit slips in between (and wrapped: a
+      // promise returned as is would be awaited with the mutex held)
+      return {
+        reading: pool.unlockedIoRun(async () => {
+          if (landing.size > 0) await Promise.all(landing);
+          await Promise.all(runs.map((r) => pool.dataDevice.read(r.into, r.at)));
+        }),
+      };
     });
+    await issue.reading;
   }
 
   async write(buf: Buffer, offset: number, opts: { fua?: boolean } = {}): Promise<void> {
     await this.enter(offset, buf.length);
     for (;;) {
       try {
-        await this.pool.locked(() => this.writeLocked(buf, offset));
+        const { landed } = await this.pool.locked(() => this.writeLocked(buf, offset));
+        await landed;
         break;
       } catch (err) {
         if (!isStrataError(err, 'POOL_NO_SPACE') || this.pool.features.errorIfNoSpace || this.pool.mode !== 'out_of_data_space') throw err;
@@ -93,20 +112,31 @@ export class ThinDevice {
     if (opts.fua) await this.pool.commit();
   }
 
-  /** The write path, mutex held. Provisions and breaks sharing block by block, then writes data. */
-  private async writeLocked(buf: Buffer, offset: number): Promise<void> {
+  /**
+   * The write path, mutex held. Provisions and breaks sharing block by block, then starts writing
+   * the data: `landed` resolves once it is written. The mutex is let go before that, so the next
+   * request's metadata work overlaps this one's I/O; until then the data blocks written are
+   * marked landing (Pool.dataLanding): reads and later writes of them wait, and so does a commit
+   * (the data is counted as unlocked I/O).
+   */
+  private async writeLocked(buf: Buffer, offset: number): Promise<{ landed: Promise<void> | undefined }> {
     const pool = this.pool;
     pool.assertWritable();
     const md = pool.md;
     const bs = pool.blockBytes;
     const end = offset + buf.length;
     const map = await this.mappings(offset, end);
+    // a block still being written by an earlier request: let that land first (rewrites in place,
+    // or copies it to break sharing)
+    const earlier = new Set<Promise<void>>();
+    for (const m of map.values()) pool.landingOn(m.block, m.block, earlier);
+    if (earlier.size > 0) await Promise.allSettled(earlier);
     const details = md.deviceDetails(this.id);
     const writes: PendingWrite[] = [];
     const issue = async (): Promise<void> => {
+      if (writes.length === 0) return;
       pool.markDataDirty();
-      await writeCoalesced(pool.dataDevice, writes);
-      writes.length = 0;
+      await writeCoalesced(pool.dataDevice, writes.splice(0));
     };
     try {
       for (let pos = offset; pos < end;) {
@@ -141,8 +171,15 @@ export class ThinDevice {
       await issue();
       throw err;
     }
-    await issue();
-    await pool.maybeAutoCommit();
+    let landed: Promise<void> | undefined;
+    if (writes.length > 0) {
+      pool.markDataDirty();
+      const batch = writes.splice(0);
+      landed = pool.unlockedIoRun(() => writeCoalesced(pool.dataDevice, batch));
+      for (const w of batch) pool.dataLanding(Math.floor(w.offset / bs), Math.floor((w.offset + w.data.length - 1) / bs), landed);
+    }
+    await pool.maybeAutoCommit(); // (a commit waits for `landed`)
+    return { landed };
   }
 
   /** Unmap whole blocks inside the range; their data blocks are freed when no longer shared. */
@@ -178,7 +215,7 @@ export class ThinDevice {
       const tailStart = Math.max(headEnd, Math.floor(end / bs) * bs);
       const map = await this.mappings(offset, end);
       for (const [s, e] of [[offset, headEnd], [tailStart, end]] as const) {
-        if (e > s && map.has(Math.floor(s / bs))) await this.writeLocked(Buffer.alloc(e - s), s);
+        if (e > s && map.has(Math.floor(s / bs))) await (await this.writeLocked(Buffer.alloc(e - s), s)).landed;
       }
       await this.unmapWhole(headEnd, tailStart);
     });
@@ -235,7 +272,8 @@ export class ThinDevice {
       const promise = new Promise<void>((r) => (open = r));
       this.gate = { promise, open };
     }
-    await this.pool.locked(async () => undefined);
+    // in-flight I/O: what holds the mutex, then data I/O running outside it
+    await this.pool.locked(() => this.pool.drainIo());
   }
 
   resume(): void {
