@@ -1,8 +1,10 @@
 // NBD throughput: nbdcopy writing into and reading from our server (serving a file, and a thin
 // device through the active-devices service) next to `nbdkit file` serving the same kind of file,
-// measured in the same run, rounds interleaved so background load hits both alike.
+// measured in the same run, rounds interleaved so background load hits all alike. Each side is
+// reported as its best and its median round, and each as a ratio to nbdkit's (best to best,
+// median to median): on a shared machine single runs are too noisy to compare.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, rm, open, writeFile, truncate } from 'node:fs/promises';
+import { mkdtemp, mkdir, rm, open, writeFile, truncate } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -15,7 +17,7 @@ import { servicePaths } from '../src/nbd/service-paths.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 512 * MiB;
-const ROUNDS = 4;
+const ROUNDS = 5;
 
 function exec(cmd: string, args: string[]): Promise<void> {
   return new Promise((resolve, reject) => {
@@ -79,7 +81,11 @@ async function freshSparse(path: string): Promise<void> {
 const uri = (sock: string): string => `nbd+unix:///?socket=${sock}`;
 const rate = (seconds: number): number => SIZE / MiB / seconds;
 const best = (xs: number[]): number => Math.min(...xs);
-const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 === 1 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+};
 
 export async function run(): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'strata-bench-nbd-'));
@@ -88,7 +94,10 @@ export async function run(): Promise<void> {
     const h = await open(src, 'w');
     for (let pos = 0; pos < SIZE; pos += 16 * MiB) await h.write(randomBytes(16 * MiB), 0, 16 * MiB, pos);
     await h.close();
-    const times = { oursW: [] as number[], oursR: [] as number[], kitW: [] as number[], kitR: [] as number[] };
+    const times = {
+      oursW: [] as number[], oursR: [] as number[], kitW: [] as number[], kitR: [] as number[],
+      thinW: [] as number[], thinR: [] as number[],
+    };
     const oursRound = async (): Promise<void> => {
       // write the source into a fresh sparse file, then read it all back
       const dst = join(dir, 'ours.img');
@@ -112,51 +121,49 @@ export async function run(): Promise<void> {
       await rm(dst);
       await rm(sock, { force: true });
     };
-    // alternate who goes first, so neither always follows the other's page-cache churn
-    for (let round = 0; round < ROUNDS; round++) {
-      if (round % 2 === 0) {
-        await oursRound();
-        await nbdkitRound();
-      } else {
-        await nbdkitRound();
-        await oursRound();
+    // a fresh thin device (64 KiB blocks) of a fresh pool, served by the active-devices service
+    const thinRound = async (round: number): Promise<void> => {
+      const base = join(dir, `thin${round}`);
+      const root = join(base, 'root');
+      const reg = new MapperRegistry(root);
+      const meta = join(base, 'meta');
+      const data = join(base, 'data');
+      await mkdir(base);
+      await writeFile(meta, '');
+      await truncate(meta, 32 * MiB);
+      await writeFile(data, '');
+      await truncate(data, SIZE + 64 * MiB);
+      await dmCreate(reg, 'pool', `0 ${(SIZE + 64 * MiB) / 512} thin-pool ${meta} ${data} 128 16`);
+      await dmMessage(reg, 'pool', '0', 'create_thin 0');
+      await dmCreate(reg, 'thin0', `0 ${SIZE / 512} thin pool 0`);
+      await ensureService(root);
+      try {
+        const sockT = servicePaths(root).device('thin0');
+        times.thinW.push(await timed('nbdcopy', [src, uri(sockT)]));
+        times.thinR.push(await timed('nbdcopy', [uri(sockT), 'null:']));
+      } finally {
+        await stopService(root);
+        await rm(base, { recursive: true, force: true });
       }
-    }
-
-    // a thin device served by the active-devices service (64 KiB blocks)
-    const root = join(dir, 'root');
-    const reg = new MapperRegistry(root);
-    const meta = join(dir, 'meta');
-    const data = join(dir, 'data');
-    await writeFile(meta, '');
-    await truncate(meta, 32 * MiB);
-    await writeFile(data, '');
-    await truncate(data, SIZE + 64 * MiB);
-    await dmCreate(reg, 'pool', `0 ${(SIZE + 64 * MiB) / 512} thin-pool ${meta} ${data} 128 16`);
-    await dmMessage(reg, 'pool', '0', 'create_thin 0');
-    await dmCreate(reg, 'thin0', `0 ${SIZE / 512} thin pool 0`);
-    await ensureService(root);
-    let thinW: number;
-    let thinR: number;
-    try {
-      const sockT = servicePaths(root).device('thin0');
-      thinW = await timed('nbdcopy', [src, uri(sockT)]);
-      thinR = await timed('nbdcopy', [uri(sockT), 'null:']);
-    } finally {
-      await stopService(root);
+    };
+    // rounds interleaved, order rotated, so neither always follows the other's page-cache churn
+    const sides = [oursRound, nbdkitRound, thinRound];
+    for (let round = 0; round < ROUNDS; round++) {
+      for (let i = 0; i < sides.length; i++) await sides[(round + i) % sides.length]!(round);
     }
 
     const row = (label: string, xs: number[], base: number[]): string => {
-      const ratio = rate(best(xs)) / rate(best(base));
-      return `${label.padEnd(34)} best ${rate(best(xs)).toFixed(0).padStart(5)} MiB/s  median ${rate(median(xs)).toFixed(0).padStart(5)} MiB/s  ratio ${ratio.toFixed(2)}`;
+      const fmt = (v: number): string => v.toFixed(0).padStart(5);
+      return `${label.padEnd(30)} best ${fmt(rate(best(xs)))} MiB/s  median ${fmt(rate(median(xs)))} MiB/s` +
+        `   vs nbdkit: best ${(rate(best(xs)) / rate(best(base))).toFixed(2)}  median ${(rate(median(xs)) / rate(median(base))).toFixed(2)}`;
     };
-    console.log(`nbdcopy, ${SIZE / MiB} MiB of random data, unix socket, ${ROUNDS} interleaved rounds (best / median)`);
+    console.log(`nbdcopy, ${SIZE / MiB} MiB of random data, unix socket, ${ROUNDS} interleaved rounds, fresh server each`);
     console.log(row('write: nbdkit file (baseline)', times.kitW, times.kitW));
     console.log(row('write: strata file export', times.oursW, times.kitW));
-    console.log(row('write: strata thin device (1 run)', [thinW], times.kitW));
+    console.log(row('write: strata thin device', times.thinW, times.kitW));
     console.log(row('read:  nbdkit file (baseline)', times.kitR, times.kitR));
     console.log(row('read:  strata file export', times.oursR, times.kitR));
-    console.log(row('read:  strata thin device (1 run)', [thinR], times.kitR));
+    console.log(row('read:  strata thin device', times.thinR, times.kitR));
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
