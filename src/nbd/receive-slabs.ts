@@ -7,7 +7,8 @@
  *
  * Here reads land back to back in 512 KiB slabs: each read(2) fills the free tail of the current
  * slab, the bytes read are handed on as a view of it, and a slab goes back to a free list (shared
- * by every connection, capped) once no view of it is held any more. WRITE payloads go from these
+ * by every connection, capped at 16 MiB) once no view of it is held any more. An idle connection
+ * holds its current slab: 512 KiB each. WRITE payloads go from these
  * views straight to pwritev, so a payload byte is copied twice (socket → slab, slab → page cache)
  * as in nbdkit, into memory that is already mapped.
  *
