@@ -77,8 +77,9 @@ export class NbdService {
       // serve the registry first: once the control socket answers, the devices are there
       const synced = await svc.sync();
       for (const f of synced.failed) svc.log(`not activated: ${f.name}: ${f.message}`);
-      await svc.listenControl();
+      // the pid file first: once the control socket answers, everything a client looks at is there
       await writeFileAtomic(paths.pid, `${process.pid}\n`);
+      await svc.listenControl();
     } catch (err) {
       await svc.stop();
       throw err;
