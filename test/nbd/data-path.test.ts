@@ -9,20 +9,11 @@ import { writeFile, truncate, readFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { NbdServer } from '../../src/nbd/server.js';
 import { FileExport } from '../../src/nbd/file-export.js';
-import { CMD, OPT } from '../../src/nbd/protocol.js';
-import { RawClient, goData, tempDir } from './helpers.js';
+import { CMD } from '../../src/nbd/protocol.js';
+import { RawClient, attach, tempDir } from './helpers.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
-
-async function attach(sock: string, name: string): Promise<RawClient> {
-  const c = await RawClient.connect(sock);
-  await c.greet();
-  c.sendOption(OPT.GO, goData(name));
-  const replies = await c.readOptionReplies();
-  assert.equal(replies[replies.length - 1]!.type, 1, 'GO acknowledged');
-  return c;
-}
 
 /** Pipelined WRITEs (all sent before any reply is read); resolves once every one is answered. */
 async function writeAll(c: RawClient, writes: Array<{ offset: number; data: Buffer }>, firstCookie: bigint): Promise<void> {

@@ -7,7 +7,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { SocketReader } from '../../src/nbd/socket-reader.js';
 import { encodeRequest } from '../../src/nbd/request-codec.js';
-import { IHAVEOPT } from '../../src/nbd/protocol.js';
+import assert from 'node:assert/strict';
+import { IHAVEOPT, OPT } from '../../src/nbd/protocol.js';
 
 export async function tempDir(prefix = 'strata-nbd-'): Promise<{ dir: string; cleanup: () => Promise<void> }> {
   const dir = await mkdtemp(join(tmpdir(), prefix));
@@ -174,4 +175,14 @@ export function metaData(name: string, queries: string[]): Buffer {
     parts.push(l, qb);
   }
   return Buffer.concat(parts);
+}
+
+/** Connect, haggle and GO on export `name`; the client is then in transmission. */
+export async function attach(sock: string, name: string): Promise<RawClient> {
+  const c = await RawClient.connect(sock);
+  await c.greet();
+  c.sendOption(OPT.GO, goData(name));
+  const replies = await c.readOptionReplies();
+  assert.equal(replies[replies.length - 1]!.type, 1, 'GO acknowledged');
+  return c;
 }

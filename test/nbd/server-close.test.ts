@@ -6,19 +6,9 @@ import { join } from 'node:path';
 import { writeFile, truncate } from 'node:fs/promises';
 import { NbdServer } from '../../src/nbd/server.js';
 import { FileExport } from '../../src/nbd/file-export.js';
-import { OPT } from '../../src/nbd/protocol.js';
-import { RawClient, goData, tempDir } from './helpers.js';
+import { RawClient, attach, tempDir } from './helpers.js';
 
 const MiB = 1024 * 1024;
-
-async function attach(sock: string, name: string): Promise<RawClient> {
-  const c = await RawClient.connect(sock);
-  await c.greet();
-  c.sendOption(OPT.GO, goData(name));
-  const replies = await c.readOptionReplies();
-  assert.equal(replies[replies.length - 1]!.type, 1, 'GO acknowledged');
-  return c;
-}
 
 test('close() with clients still connected hangs up on them instead of waiting for them', async () => {
   const { dir, cleanup } = await tempDir('strata-nbd-data-');

@@ -37,6 +37,7 @@ import { childLayers, formatLayers, parseLayers } from './layers-file.js';
 import { cachedMountProgram, detectMountProgram, isMounted, mountBranches, unmount, type BranchSpec, type MountProgram } from './mount-program.js';
 import { normalizeUpper } from './upper-normalize.js';
 import { backingFsName } from '../backing-fs.js';
+import { pathExists } from '../../util/path-exists.js';
 
 export class AufsDriver implements Driver {
   readonly name = 'aufs';
@@ -87,14 +88,8 @@ export class AufsDriver implements Driver {
     }
   }
 
-  async exists(id: string): Promise<boolean> {
-    try {
-      await lstat(this.layersFile(id));
-      return true;
-    } catch (err) {
-      if (isErrno(err, 'ENOENT')) return false;
-      throw err;
-    }
+  exists(id: string): Promise<boolean> {
+    return pathExists(this.layersFile(id));
   }
 
   async create(id: string, parent: string | null, _opts?: CreateOptions): Promise<void> {

@@ -28,6 +28,7 @@ import { backingFsName } from '../backing-fs.js';
 import { deleteSubvolume, defaultSubvolumeOps, isSubvolume, type SubvolumeOps } from './subvolume.js';
 import { parseDriverOptions, requestedSize, type BtrfsOptions } from './options.js';
 import { btrfsToolVersion } from './cli-ops.js';
+import { pathExists } from '../../util/path-exists.js';
 
 /** statfs f_type of btrfs (BTRFS_SUPER_MAGIC, include/uapi/linux/magic.h). */
 export const BTRFS_SUPER_MAGIC = 0x9123683e;
@@ -171,14 +172,8 @@ export class BtrfsDriver implements Driver {
     await this.refs.change(id, -1);
   }
 
-  async exists(id: string): Promise<boolean> {
-    try {
-      await access(this.path(id));
-      return true;
-    } catch (err) {
-      if (isErrno(err, 'ENOENT')) return false;
-      throw err;
-    }
+  exists(id: string): Promise<boolean> {
+    return pathExists(this.path(id));
   }
 
   /**

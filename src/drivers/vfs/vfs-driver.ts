@@ -6,12 +6,12 @@
  *     dir/<id>/           the layer's complete root filesystem
  *     mountrefs/<id>      get/put reference counts (see mount-refs.ts)
  */
-import { mkdir, rm, rename, access, statfs, readdir } from 'node:fs/promises';
+import { mkdir, rm, rename, statfs, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import type { Change, CreateOptions, Driver, DriverCapabilities, DriverOptions } from '../driver.js';
-import { strataError, isErrno } from '../../errors.js';
+import { strataError } from '../../errors.js';
 import { MountRefs } from '../mount-refs.js';
 import { checkLayerId } from '../layer-id.js';
 import { layerIdsIn, sweepLeftovers } from '../leftovers.js';
@@ -19,6 +19,7 @@ import { naiveApplyDiff, naiveChanges, naiveDiff, naiveDiffSize } from '../naive
 import { copyTree } from '../../util/copy-tree.js';
 import { fsyncDir } from '../../util/atomic.js';
 import { backingFsName } from '../backing-fs.js';
+import { pathExists } from '../../util/path-exists.js';
 
 export class VfsDriver implements Driver {
   readonly name = 'vfs';
@@ -87,14 +88,8 @@ export class VfsDriver implements Driver {
     await this.refs.change(id, -1);
   }
 
-  async exists(id: string): Promise<boolean> {
-    try {
-      await access(this.dir(id));
-      return true;
-    } catch (err) {
-      if (isErrno(err, 'ENOENT')) return false;
-      throw err;
-    }
+  exists(id: string): Promise<boolean> {
+    return pathExists(this.dir(id));
   }
 
   async status(): Promise<Array<[string, string]>> {
