@@ -109,12 +109,12 @@ export async function diffDirInitTarget(diffDir: string, imageLayers: string[], 
     dir: diffDir,
     // only ever adds entries where the image has none, or directories where it has directories
     lookup: async (rel) => (await lstatOrNull(join(diffDir, rel))) ?? inImage(rel),
-    ensureDir: async (rel) => {
+    ensureDir: async (rel, inView) => {
       const dst = join(diffDir, rel);
       if ((await lstatOrNull(dst)) !== null) return;
+      // not in the diff dir yet, so what the view found is the image's own directory (or nothing)
       await mkdir(dst, { mode: 0o755 });
-      const st = await inImage(rel);
-      if (st?.isDirectory() === true) await copyMetadata(await image!.backingPath(rel), st, dst);
+      if (inView?.isDirectory() === true) await copyMetadata(await image!.backingPath(rel), inView, dst);
     },
   };
 }
