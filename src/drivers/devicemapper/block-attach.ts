@@ -86,19 +86,48 @@ export async function loopsOf(file: string): Promise<string[]> {
  */
 export async function detachBlockDevice(fuseFile: string, options: { lazy?: boolean } = {}): Promise<void> {
   const known = await attachedLoop(fuseFile);
-  for (const loop of known ? [known] : await loopsOf(fuseFile)) await run('losetup', ['--detach', loop]);
+  for (const loop of known ? [known] : await loopsOf(fuseFile)) {
+    await run('losetup', ['--detach', loop]);
+    await loopReleased(loop, fuseFile);
+  }
   await fuseUnmount(fuseFile, options.lazy === true);
   await rm(fuseFile, { force: true });
   await rm(`${fuseFile}.loop`, { force: true });
 }
 
+/**
+ * `losetup --detach` only marks a loop device for release; the kernel lets go of its backing file
+ * once the last opener (a finishing umount, udev's blkid probe) closes it. Until then the FUSE
+ * file is busy, so wait for the release rather than race it.
+ */
+async function loopReleased(loop: string, fuseFile: string): Promise<void> {
+  const backingFile = `/sys/block/${basename(loop)}/loop/backing_file`;
+  const deadline = Date.now() + ATTACH_TIMEOUT_MS;
+  while (Date.now() < deadline) {
+    const backing = (await readFile(backingFile, 'utf8').catch(() => '')).trim();
+    if (backing !== fuseFile) return;
+    await sleep(10);
+  }
+}
+
 async function fuseUnmount(fuseFile: string, lazy = false): Promise<void> {
   const pidFile = `${fuseFile}.pid`;
   const pid = Number.parseInt(await readFile(pidFile, 'utf8').catch(() => ''), 10);
-  await run('fusermount3', ['-u', '-q', ...(lazy ? ['-z'] : []), fuseFile]).catch((err: unknown) => {
-    // not mounted (already gone) is fine; anything else is not
-    if (!/not found in|not mounted|Invalid argument|No such file/.test(String((err as Error).message))) throw err;
-  });
+  const deadline = Date.now() + ATTACH_TIMEOUT_MS;
+  for (;;) {
+    const outcome = await run('fusermount3', ['-u', ...(lazy ? ['-z'] : []), fuseFile]).then(
+      () => 'done' as const,
+      (err: unknown) => {
+        const message = String((err as Error).message);
+        // not mounted (already gone) is fine; busy passes once the last opener lets go
+        if (/not found in|not mounted|Invalid argument|No such file/.test(message)) return 'done' as const;
+        if (/busy/i.test(message) && Date.now() < deadline) return 'busy' as const;
+        throw err;
+      },
+    );
+    if (outcome === 'done') break;
+    await sleep(20);
+  }
   // nbdfuse flushes and exits once unmounted; wait so its last writes have reached the service
   if (Number.isInteger(pid) && pid > 0) {
     const deadline = Date.now() + ATTACH_TIMEOUT_MS;
