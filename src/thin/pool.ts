@@ -72,6 +72,11 @@ export class Pool {
   /** Data reads and writes running outside the mutex (ThinDevice.read/write), and their waiters. */
   private unlockedIo = 0;
   private ioDrained: Array<() => void> = [];
+  /** Discards reach the data device (false when the features say no or the device cannot). */
+  private passdown: boolean;
+  /** Data blocks discards freed in this transaction, as [first, end) runs, passed down once a
+   *  commit has made them free for good. */
+  private discardedRuns: Array<[number, number]> = [];
 
   private constructor(
     readonly md: ThinMetadata,
@@ -81,6 +86,7 @@ export class Pool {
     private readonly lock: FileLock | null,
   ) {
     this.features = normaliseFeatures(opts.features);
+    this.passdown = !this.features.ignoreDiscard && !this.features.noDiscardPassdown && dataDevice.discard !== undefined;
     // metadata that failed a transaction stays read-only until checked (thin_check --clear-needs-check-flag)
     if (md.needsCheck) this.failedMode = 'ro';
     this.blockSectors = opts.dataBlockSectors;
@@ -213,6 +219,7 @@ export class Pool {
         (err.code !== 'METADATA_NO_SPACE' || err.context.reserve === true);
       if (refusal) throw err;
       this.failedMode = 'ro';
+      this.discardedRuns = [];
       await this.md.abort().then(() => this.md.persistNeedsCheck()).catch(() => undefined);
       throw err;
     }
@@ -282,8 +289,46 @@ export class Pool {
       await this.dataDevice.flush();
       this.dataDirty = false;
     }
+    const discarded = this.discardedRuns;
+    this.discardedRuns = [];
     await this.mutate(() => this.md.commit());
+    if (discarded.length > 0) await this.passDown(discarded);
     if (this.outOfSpace && this.md.dataSm.nrFree > 0) this.spaceAvailable();
+  }
+
+  /** A discard dropped the last reference to `dataBlock`: pass it down at the next commit. */
+  noteDiscarded(dataBlock: number): void {
+    if (!this.passdown) return;
+    const last = this.discardedRuns.at(-1);
+    if (last && last[1] === dataBlock) last[1]++;
+    else this.discardedRuns.push([dataBlock, dataBlock + 1]);
+  }
+
+  /**
+   * Discard passdown, as dm-thin does it: the freed blocks go back to the data device (a sparse
+   * file gets its space back). Run right after the commit, with the mutex still held: the blocks
+   * are free in the committed metadata and nothing has reallocated them yet. Each block's count is
+   * checked again, since only a block nobody maps may lose its bytes. A data device that refuses
+   * turns passdown off, as the kernel does, and the status says so.
+   */
+  private async passDown(runs: Array<[number, number]>): Promise<void> {
+    const discard = this.dataDevice.discard!.bind(this.dataDevice);
+    const bs = this.blockBytes;
+    try {
+      for (const [first, end] of runs) {
+        let start = -1;
+        for (let b = first; b <= end; b++) {
+          const free = b < end && this.md.dataSm.get(b) === 0;
+          if (free && start < 0) start = b;
+          if (!free && start >= 0) {
+            await discard(start * bs, (b - start) * bs);
+            start = -1;
+          }
+        }
+      }
+    } catch {
+      this.passdown = false;
+    }
   }
 
   async maybeAutoCommit(): Promise<void> {
@@ -413,7 +458,7 @@ export class Pool {
         totalDataBlocks: this.md.dataSm.nrBlocks,
         heldRoot: this.md.heldRoot || null,
         mode: this.mode,
-        discard: f.ignoreDiscard ? 'ignore_discard' : f.noDiscardPassdown ? 'no_discard_passdown' : 'discard_passdown',
+        discard: f.ignoreDiscard ? 'ignore_discard' : this.passdown ? 'discard_passdown' : 'no_discard_passdown',
         noSpace: f.errorIfNoSpace ? 'error_if_no_space' : 'queue_if_no_space',
         needsCheck: this.md.needsCheck,
         metadataLowWatermark: Math.min(1024, Math.floor(total / 4)),

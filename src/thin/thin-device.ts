@@ -196,11 +196,12 @@ export class ThinDevice {
     const first = Math.ceil(start / bs);
     const last = Math.floor(end / bs);
     if (last <= first) return;
-    const vblocks: number[] = [];
-    await pool.md.mappingsInRange(this.id, first, last, (vb) => void vblocks.push(vb));
-    for (const vb of vblocks) {
+    const mapped: Array<[number, number]> = [];
+    await pool.md.mappingsInRange(this.id, first, last, (vb, m) => void mapped.push([vb, m.block]));
+    for (const [vb, dataBlock] of mapped) {
       pool.md.ensureMetadataSpace(true);
       await pool.mutate(() => pool.md.removeMapping(this.id, vb));
+      if (pool.md.dataSm.get(dataBlock) === 0) pool.noteDiscarded(dataBlock);
       await pool.maybeAutoCommit();
     }
   }

@@ -152,6 +152,31 @@ describe('devicemapper under the layer store, and its options', () => {
     assert.ok(all > distinct * 2, `blocks are shared (${all} mappings over ${distinct} blocks)`);
   });
 
+  test('dm.blkdiscard: a removed container gives its blocks back to the sparse data file (discard passdown); off, they stay', async (root) => {
+    for (const blkdiscard of ['true', 'false']) {
+      const home = join(root, blkdiscard);
+      const strata = await Strata.open({ root: home, driver: 'devicemapper', storageOpts: { ...small, 'dm.blkdiscard': blkdiscard } });
+      try {
+        await strata.importImage(Readable.from(await layerTar([dir('etc'), file('etc/hostname', 'base\n')])), { ref: 'base:1' });
+        const allocated = async () => (await stat(join(home, 'devicemapper/devicemapper/data'))).blocks * 512;
+        const ctr = await strata.createContainer('base:1');
+        const p = await strata.mount(ctr);
+        try {
+          await writeFile(join(p, 'big'), randomBytes(16 * MB));
+        } finally {
+          await strata.unmount(ctr);
+        }
+        const before = await allocated();
+        await strata.removeContainer(ctr);
+        const freed = before - (await allocated());
+        if (blkdiscard === 'true') assert.ok(freed >= 16 * MB, `the container's 16 MiB left the data file (freed ${freed})`);
+        else assert.ok(freed < MB, `without dm.blkdiscard the data file keeps its blocks (freed ${freed})`);
+      } finally {
+        await (strata.driver as DevicemapperDriver).cleanup();
+      }
+    }
+  });
+
   test('CLI: a mount made by one strata process outlives it, and another unmounts it', async (root) => {
     const opts = Object.entries(small).flatMap(([k, v]) => ['--storage-opt', `${k}=${v}`]);
     const cli = (args: string[]): Promise<string> => strataOk(root, [...opts, ...args], { driver: 'devicemapper' });

@@ -1,7 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { memPool, filePool, tempDir, pattern, checkDevice, sparseFile } from './helpers.js';
+import { stat } from 'node:fs/promises';
+import { memPool, filePool, tempDir, pattern, checkDevice, sparseFile, thinTools, tool } from './helpers.js';
 import { Pool } from '../../src/thin/pool.js';
 import { ThinMetadata } from '../../src/thin/metadata.js';
 import { MemoryBlockDevice, CrashController } from '../../src/thin/block-device.js';
@@ -46,6 +47,62 @@ test('discard unmaps whole blocks and frees them; shared blocks only lose a refe
   assert.equal((await d.status()).mappedSectors, 128);
   assert.equal((await ig.pool.status()).discard, 'ignore_discard');
   await ig.pool.close();
+});
+
+test('discard passdown punches the freed blocks out of a sparse data file at commit; shared blocks and no_discard_passdown keep theirs', async () => {
+  const { dir, cleanup } = await tempDir();
+  try {
+    const allocated = async () => (await stat(join(dir, 'data'))).blocks * 512;
+    const pool = await filePool(dir);
+    assert.equal((await pool.status()).discard, 'discard_passdown');
+    await pool.createThin(1);
+    const dev = await pool.openThin(1, 2 << 20);
+    await dev.write(pattern(2 << 20, 3), 0);
+    await dev.flush();
+    const full = await allocated();
+    assert.ok(full >= 2 << 20, `32 written blocks are allocated in the file (${full})`);
+    await pool.createSnap(2, 1);
+    await dev.write(pattern(4 * BS, 9), 0); // blocks 0-3 now differ from the snapshot's
+    await dev.discard(0, 8 * BS);
+    // before the commit the freed blocks keep their bytes: the last commit still maps them
+    assert.equal(await allocated(), full + 4 * BS);
+    await dev.flush();
+    // the 4 blocks only the origin held are punched; 4 more are still the snapshot's
+    assert.equal(await allocated(), full);
+    const snap = await pool.openThin(2, 2 << 20);
+    const got = Buffer.alloc(2 << 20);
+    await snap.read(got, 0);
+    assert.ok(got.equals(pattern(2 << 20, 3)), 'the snapshot reads its data intact');
+    await snap.discard(0, 8 * BS);
+    await snap.flush();
+    assert.equal(await allocated(), full - 8 * BS);
+    // freed and punched blocks are allocated again later and read back correctly
+    await dev.write(pattern(8 * BS, 5), 0);
+    await dev.read(got.subarray(0, 8 * BS), 0);
+    assert.ok(got.subarray(0, 8 * BS).equals(pattern(8 * BS, 5)));
+    await pool.close();
+    if (thinTools) assert.equal(tool('thin_check', [join(dir, 'metadata')]).status, 0);
+  } finally {
+    await cleanup();
+  }
+
+  const off = await tempDir();
+  try {
+    const pool = await filePool(off.dir, { features: ['no_discard_passdown'] });
+    assert.equal((await pool.status()).discard, 'no_discard_passdown');
+    await pool.createThin(1);
+    const dev = await pool.openThin(1, 1 << 20);
+    await dev.write(pattern(1 << 20, 4), 0);
+    await dev.flush();
+    const before = (await stat(join(off.dir, 'data'))).blocks;
+    await dev.discard(0, 1 << 20);
+    await dev.flush();
+    assert.equal((await pool.status()).usedDataBlocks, 0);
+    assert.equal((await stat(join(off.dir, 'data'))).blocks, before, 'the data file keeps its blocks');
+    await pool.close();
+  } finally {
+    await off.cleanup();
+  }
 });
 
 test('writeZeroes reads back zeros, unmapping whole blocks and writing partial ones', async () => {

@@ -1,7 +1,6 @@
 import { open } from 'node:fs/promises';
 import { constants as fsConstants } from 'node:fs';
-import { constants as osConstants } from 'node:os';
-import { createRequire } from 'node:module';
+import { errnoError, loadLibc } from '../../util/libc.js';
 import {
   BTRFS_IOC, BTRFS_QUOTA_CTL_ENABLE, qgroupDestroyArgs, qgroupLimitArgs, quotaCtlArgs, subvolIdLookupArgs, subvolIdOf, volArgs,
 } from './ioctl-args.js';
@@ -28,29 +27,12 @@ let binding: Binding | null | undefined;
 
 function load(): Binding | null {
   if (binding !== undefined) return binding;
-  try {
-    // The argument layouts are little-endian 64-bit (ioctl-args.ts).
-    if (process.platform !== 'linux' || !['x64', 'arm64'].includes(process.arch)) throw new Error('unsupported platform');
-    const require = createRequire(import.meta.url);
-    const koffi = require('koffi') as { load(name: string): { func(decl: string): unknown }; errno(): number };
-    const lib = koffi.load('libc.so.6');
-    // ioctl(2) is variadic in libc; with one pointer argument the fixed-argument call is the
-    // same on the ABIs above (integer registers, no vector count needed).
-    binding = { ioctl: lib.func('int ioctl(int fd, unsigned long request, void *arg)') as IoctlFn, errno: () => koffi.errno() };
-  } catch {
-    binding = null;
-  }
+  // The argument layouts are little-endian 64-bit (ioctl-args.ts).
+  const lib = ['x64', 'arm64'].includes(process.arch) ? loadLibc() : null;
+  // ioctl(2) is variadic in libc; with one pointer argument the fixed-argument call is the
+  // same on the ABIs above (integer registers, no vector count needed).
+  binding = lib && { ioctl: lib.func('int ioctl(int fd, unsigned long request, void *arg)') as IoctlFn, errno: () => lib.errno() };
   return binding;
-}
-
-function errnoName(code: number): string {
-  return Object.entries(osConstants.errno).find(([, v]) => v === code)?.[0] ?? `errno ${code}`;
-}
-
-/** A Node-shaped errno error (`code`, `errno`, `syscall`, `path`), as fs calls throw. */
-function errnoError(errno: number, syscall: string, path: string): NodeJS.ErrnoException {
-  const code = errnoName(errno);
-  return Object.assign(new Error(`${code}: ${syscall} '${path}'`), { code, errno: -errno, syscall, path });
 }
 
 async function withDirFd<T>(path: string, fn: (fd: number) => Promise<T>): Promise<T> {

@@ -1,9 +1,8 @@
 import { execFile } from 'node:child_process';
 import { stat } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { createRequire } from 'node:module';
-import { constants } from 'node:os';
 import { strataError } from '../../errors.js';
+import { errnoName, loadLibc } from '../../util/libc.js';
 import type { MountSpec } from './mount-options.js';
 
 /**
@@ -25,32 +24,16 @@ let syscalls: Syscalls | null | undefined;
 
 function libc(): Syscalls | null {
   if (syscalls !== undefined) return syscalls;
-  try {
-    const require = createRequire(import.meta.url);
-    const koffi = require('koffi') as {
-      load(name: string): { func(decl: string): (...args: unknown[]) => number };
-      errno(): number;
-    };
-    const lib = koffi.load('libc.so.6');
-    const mount = lib.func('int mount(const char *source, const char *target, const char *fstype, unsigned long flags, const char *data)');
-    const umount2 = lib.func('int umount2(const char *target, int flags)');
-    syscalls = {
-      mount: (source, target, fstype, flags, data) => mount(source, target, fstype, flags, data),
-      umount2: (target, flags) => umount2(target, flags),
-      errno: () => koffi.errno(),
-    };
-  } catch {
-    syscalls = null;
-  }
+  const lib = loadLibc();
+  syscalls = lib && {
+    mount: lib.func('int mount(const char *source, const char *target, const char *fstype, unsigned long flags, const char *data)') as Syscalls['mount'],
+    umount2: lib.func('int umount2(const char *target, int flags)') as Syscalls['umount2'],
+    errno: () => lib.errno(),
+  };
   return syscalls;
 }
 
 const MNT_DETACH = 2;
-
-function errnoName(code: number): string {
-  const entry = Object.entries(constants.errno).find(([, v]) => v === code);
-  return entry ? entry[0] : `errno ${code}`;
-}
 
 function run(cmd: string, args: string[], cwd?: string): Promise<void> {
   return new Promise((resolve, reject) => {
