@@ -3,16 +3,27 @@
  * `crc64.ISO` table): reflected polynomial 0xD800000000000000, init and xorout all ones.
  * Check value: crc64("123456789") = 0xb90956c775a41001.
  *
- * JavaScript has no fast 64-bit integers, so the register is kept as two 32-bit halves and the
- * table is split into high and low words (slicing-by-8 for throughput on large files).
+ * Every file of every imported layer goes through here, so the work is done by a small
+ * WebAssembly module (crc64-wasm.ts) with native i64 arithmetic and slicing-by-16, the input
+ * copied into its memory a piece at a time. Inputs too short to repay the call, and runtimes
+ * without WebAssembly, use plain JavaScript: it has no fast 64-bit integers, so there the register
+ * is kept as two 32-bit halves and the tables are split into high and low words (slicing-by-8).
  */
+
+import { loadCrc64Wasm } from './crc64-wasm.js';
 
 const POLY_HI = 0xd8000000;
 const POLY_LO = 0x00000000;
 
-/** TABLE_HI[k*256 + i], TABLE_LO[k*256 + i]: slicing-by-8 tables, k = 0..7. */
-const TABLE_HI = new Uint32Array(8 * 256);
-const TABLE_LO = new Uint32Array(8 * 256);
+/**
+ * Bytes per step of the WebAssembly loop; JavaScript uses the first 8 tables. 16 tables (32 KiB)
+ * measured faster than 8 and than 32, whose 64 KiB no longer fit in a 32 KiB L1 cache.
+ */
+const SLICES = 16;
+
+/** TABLE_HI[k*256 + i], TABLE_LO[k*256 + i]: slicing tables, k = 0..SLICES-1. */
+const TABLE_HI = new Uint32Array(SLICES * 256);
+const TABLE_LO = new Uint32Array(SLICES * 256);
 
 (function buildTables(): void {
   for (let i = 0; i < 256; i++) {
@@ -30,7 +41,7 @@ const TABLE_LO = new Uint32Array(8 * 256);
     TABLE_HI[i] = hi;
     TABLE_LO[i] = lo;
   }
-  for (let k = 1; k < 8; k++) {
+  for (let k = 1; k < SLICES; k++) {
     for (let i = 0; i < 256; i++) {
       const phi = TABLE_HI[(k - 1) * 256 + i]!;
       const plo = TABLE_LO[(k - 1) * 256 + i]!;
@@ -44,6 +55,24 @@ const TABLE_LO = new Uint32Array(8 * 256);
   }
 })();
 
+/** Below this many bytes the JavaScript loop beats copying into WebAssembly memory and calling it (measured: ~20–30). */
+const WASM_MIN = 32;
+/** Bytes copied into WebAssembly memory per call: its memory stays the same whatever the input size. */
+const PIECE = 256 * 1024;
+const LAYOUT = { slices: SLICES, stateOffset: SLICES * 2048, dataOffset: 0x10000, pages: 1 + PIECE / 0x10000 };
+
+const wasm = ((): { view: DataView; piece: Uint8Array; update: (len: number) => void } | null => {
+  const module = loadCrc64Wasm(LAYOUT);
+  if (module === null) return null;
+  // the memory never grows, so these views stay attached; WebAssembly memory is little-endian
+  const view = new DataView(module.memory);
+  for (let i = 0; i < SLICES * 256; i++) {
+    view.setUint32(8 * i, TABLE_LO[i]!, true);
+    view.setUint32(8 * i + 4, TABLE_HI[i]!, true);
+  }
+  return { view, piece: new Uint8Array(module.memory, LAYOUT.dataOffset, PIECE), update: module.update };
+})();
+
 /** Incremental CRC-64/GO-ISO. */
 export class Crc64 {
   /** The register, pre-inverted (init 0xFFFF…). */
@@ -51,6 +80,25 @@ export class Crc64 {
   private lo = 0xffffffff;
 
   update(data: Uint8Array): this {
+    if (wasm !== null && data.length >= WASM_MIN) this.updateWasm(data, wasm);
+    else this.updateJs(data);
+    return this;
+  }
+
+  private updateWasm(data: Uint8Array, { view, piece, update }: NonNullable<typeof wasm>): void {
+    view.setUint32(LAYOUT.stateOffset, this.lo, true);
+    view.setUint32(LAYOUT.stateOffset + 4, this.hi, true);
+    for (let off = 0; off < data.length; off += PIECE) {
+      // subarray() allocates: for a short input that costs more than the checksum itself
+      const part = data.length <= PIECE ? data : data.subarray(off, off + PIECE);
+      piece.set(part);
+      update(part.length);
+    }
+    this.lo = view.getUint32(LAYOUT.stateOffset, true);
+    this.hi = view.getUint32(LAYOUT.stateOffset + 4, true);
+  }
+
+  private updateJs(data: Uint8Array): void {
     let hi = this.hi;
     let lo = this.lo;
     let i = 0;
@@ -79,7 +127,6 @@ export class Crc64 {
     }
     this.hi = hi;
     this.lo = lo;
-    return this;
   }
 
   /** The 8 big-endian bytes tar-split stores (Go's `hash.Hash.Sum(nil)`). */
