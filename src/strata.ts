@@ -321,10 +321,10 @@ export class Strata {
     return this.write(async (txn) => {
       const imageId = await this.images.resolve(ref);
       const { config } = await this.images.get(imageId);
-      const all = await this.containers.list();
+      const taken = await this.containers.names();
       let name = opts.name ?? generateName();
-      while (!opts.name && all.some((c) => c.Name === `/${name}`)) name = generateName();
-      if (all.some((c) => c.Name === `/${name.replace(/^\//, '')}`)) {
+      while (!opts.name && taken.has(`/${name}`)) name = generateName();
+      if (taken.has(`/${name.replace(/^\//, '')}`)) {
         throw strataError('CONTAINER_EXISTS', `the container name "/${name}" is already in use`, { id: name });
       }
       const id = randomHex();

@@ -3,7 +3,8 @@
  * containers are never run, but the record has the fields dockerd needs to load it, so a Docker
  * daemon pointed at a Strata root starts and lists them.
  */
-import { mkdir, readFile, readdir, rm, stat } from 'node:fs/promises';
+import { statSync } from 'node:fs';
+import { mkdir, readFile, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { strataError, isErrno, isStrataError } from '../errors.js';
 import { mapLimit } from '../util/map-limit.js';
@@ -96,29 +97,46 @@ export class ContainerStore {
    * reused while a stat shows them unchanged (one call per container instead of four, plus a
    * parse): create checks names against all of them, so this runs on every create.
    */
-  async list(): Promise<ContainerRecord[]> {
-    const names = (await readdir(this.dir).catch(() => [] as string[])).filter((n) => /^[a-f0-9]{64}$/.test(n)).sort();
-    const live = new Set(names);
+  /**
+   * Every record, current: each is re-read only when a stat shows its file changed (another
+   * process rewrote it, as a `docker rename` would). The stats are synchronous: a few µs each
+   * where a thread-pool round trip costs tens, and create checks its name against every record,
+   * so this bounds how create slows down as containers pile up.
+   */
+  private async records(): Promise<ContainerRecord[]> {
+    const ids = (await readdir(this.dir).catch(() => [] as string[])).filter((n) => /^[a-f0-9]{64}$/.test(n)).sort();
+    const live = new Set(ids);
     for (const id of this.cache.keys()) if (!live.has(id)) this.cache.delete(id);
-    const records = await mapLimit(names, 16, async (id) => {
-      const st = await stat(this.path(id), { bigint: true }).catch((err: unknown) => {
-        // a directory without a record is a create that never finished; fsck reports it
-        if (isErrno(err, 'ENOENT')) return null;
-        throw err;
-      });
-      if (st === null) return null;
+    const changed: Array<[string, string]> = [];
+    for (const id of ids) {
+      // no record: a create that never finished; fsck reports it
+      const st = statSync(this.path(id), { bigint: true, throwIfNoEntry: false });
+      if (st === undefined) {
+        this.cache.delete(id);
+        continue;
+      }
       const version = `${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
-      const cached = this.cache.get(id);
-      if (cached?.version === version) return cached.record;
+      if (this.cache.get(id)?.version !== version) changed.push([id, version]);
+    }
+    await mapLimit(changed, 16, async ([id, version]) => {
       const record = await this.get(id).catch((err: unknown) => {
         if (isStrataError(err, 'CONTAINER_NOT_FOUND')) return null;
         throw err;
       });
       if (record !== null) this.cache.set(id, { version, record });
-      return record;
+      else this.cache.delete(id);
     });
+    return ids.flatMap((id) => this.cache.get(id)?.record ?? []);
+  }
+
+  /** Every container's name ("/name"). */
+  async names(): Promise<Set<string>> {
+    return new Set((await this.records()).map((r) => r.Name));
+  }
+
+  async list(): Promise<ContainerRecord[]> {
     // copies: callers may change what they get without changing the cache
-    return records.filter((r): r is ContainerRecord => r !== null).map((r) => structuredClone(r));
+    return (await this.records()).map((r) => structuredClone(r));
   }
 
   async remove(_txn: WriteTxn, id: string): Promise<void> {
