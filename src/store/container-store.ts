@@ -24,6 +24,7 @@ export interface ContainerRecord {
 
 const NAME = /^\/?[a-zA-Z0-9][a-zA-Z0-9_.-]*$/;
 const ZERO_TIME = '0001-01-01T00:00:00Z';
+const RECORD = 'config.v2.json';
 
 export class ContainerStore {
   readonly dir: string;
@@ -35,7 +36,7 @@ export class ContainerStore {
 
   private path(id: string): string {
     if (!/^[a-f0-9]{64}$/.test(id)) throw strataError('INVALID_ID', `invalid container id ${id}`);
-    return join(this.dir, id, 'config.v2.json');
+    return join(this.dir, id, RECORD);
   }
 
   static newRecord(id: string, name: string, image: Digest, imageRef: string, driver: string): ContainerRecord {
@@ -110,12 +111,13 @@ export class ContainerStore {
     const changed: Array<[string, string]> = [];
     for (const id of ids) {
       // no record: a create that never finished; fsck reports it
-      const st = statSync(this.path(id), { bigint: true, throwIfNoEntry: false });
+      const st = statSync(join(this.dir, id, RECORD), { throwIfNoEntry: false });
       if (st === undefined) {
         this.cache.delete(id);
         continue;
       }
-      const version = `${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+      // (times in ms with a fraction: bigint stats cost several times more, per record per create)
+      const version = `${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`;
       if (this.cache.get(id)?.version !== version) changed.push([id, version]);
     }
     await mapLimit(changed, 16, async ([id, version]) => {
