@@ -4,8 +4,9 @@
 //   pool messages (create_snap / delete through the pool service) at the same counts;
 // - pool data used by 100 containers of one image, next to the image alone;
 // - ext4 write throughput on a thin device (through NBD, nbdfuse and a loop device), next to
-//   ext4 on a loop device over a plain file.
-import { mkdtemp, rm, writeFile, open, mkdir } from 'node:fs/promises';
+//   ext4 on a loop device over a plain file, and over nbdkit serving a plain file through the
+//   same nbdfuse + loop transport (what the transport costs without the pool).
+import { mkdtemp, rm, writeFile, open, mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { Readable } from 'node:stream';
@@ -13,6 +14,7 @@ import { randomBytes } from 'node:crypto';
 import { DevicemapperDriver, probeDevicemapper } from '../src/drivers/devicemapper/devicemapper-driver.js';
 import { PoolClient } from '../src/drivers/devicemapper/pool-client.js';
 import { run as sh } from '../src/drivers/devicemapper/exec.js';
+import { attachBlockDevice, detachBlockDevice } from '../src/drivers/devicemapper/block-attach.js';
 import { layerTar, file, dir } from '../test/helpers/fstest.js';
 
 const MB = 1024 ** 2;
@@ -138,27 +140,42 @@ async function ext4Throughput(d: DevicemapperDriver, image: string, work: string
   const thin = await writeThroughput(p, bytes);
   await d.put('writer');
   await d.remove('writer');
-  // baseline: ext4 on a loop device over a plain sparse file on the same host filesystem
-  const img = join(work, 'plain.img');
+  // baselines: ext4 over a plain sparse file on the same host filesystem, through a loop device
+  // directly and through the same nbdfuse + loop transport with nbdkit serving the file
+  const plain = await ext4OnLoop(work, 'plain', async (img) => (await sh('losetup', ['--find', '--show', img])).trim(),
+    (loop) => sh('losetup', ['--detach', loop]).then(() => undefined), bytes);
+  const viaNbdkit = await ext4OnLoop(work, 'nbdkit', async (img) => {
+    const sock = join(work, 'nbdkit.sock');
+    await sh('nbdkit', ['-U', sock, '-P', join(work, 'nbdkit.pid'), 'file', img]);
+    return attachBlockDevice(join(work, 'nbdkit.fuse'), sock, '', 1 << 30, join(work, 'nbdfuse.log'));
+  }, async () => {
+    await detachBlockDevice(join(work, 'nbdkit.fuse'));
+    process.kill(Number(await readFile(join(work, 'nbdkit.pid'), 'utf8')), 'SIGTERM');
+  }, bytes);
+  console.log(`\next4 write throughput (${bytes / MB} MiB, fsync'd):`);
+  console.log(`  thin device (pool service → NBD → nbdfuse → loop): ${fmt(thin)} MiB/s   thin/plain ${(thin / plain).toFixed(2)}x   thin/nbdkit ${(thin / viaNbdkit).toFixed(2)}x`);
+  console.log(`  nbdkit file → NBD → nbdfuse → loop:                ${fmt(viaNbdkit)} MiB/s   (the transport alone, no pool)`);
+  console.log(`  plain loop file:                                   ${fmt(plain)} MiB/s`);
+}
+
+/** ext4 made on the block device `attach` gives for a fresh 1 GiB sparse file, then its write throughput. */
+async function ext4OnLoop(work: string, name: string, attach: (img: string) => Promise<string>, detach: (dev: string) => Promise<void>, bytes: number): Promise<number> {
+  const img = join(work, `${name}.img`);
   await sh('truncate', ['-s', '1G', img]);
-  const loop = (await sh('losetup', ['--find', '--show', img])).trim();
-  const mnt = join(work, 'plain');
+  const dev = await attach(img);
+  const mnt = join(work, name);
   await mkdir(mnt);
-  let plain = 0;
   try {
-    await sh('mkfs.ext4', ['-q', '-E', 'nodiscard,lazy_itable_init=0,lazy_journal_init=0', loop]);
-    await sh('mount', [loop, mnt]);
+    await sh('mkfs.ext4', ['-q', '-E', 'nodiscard,lazy_itable_init=0,lazy_journal_init=0', dev]);
+    await sh('mount', [dev, mnt]);
     try {
-      plain = await writeThroughput(mnt, bytes);
+      return await writeThroughput(mnt, bytes);
     } finally {
       await sh('umount', [mnt]);
     }
   } finally {
-    await sh('losetup', ['--detach', loop]);
+    await detach(dev);
   }
-  console.log(`\next4 write throughput (${bytes / MB} MiB, fsync'd):`);
-  console.log(`  thin device (pool service → NBD → nbdfuse → loop): ${fmt(thin)} MiB/s`);
-  console.log(`  plain loop file:                                   ${fmt(plain)} MiB/s   thin/plain ${(thin / plain).toFixed(2)}x`);
 }
 
 export async function run(): Promise<void> {
