@@ -14,12 +14,13 @@ const BS = 64 * 1024;
 const code = (c: string) => (e: unknown) => isStrataError(e) && e.code === c;
 
 test('discard unmaps whole blocks and frees them; shared blocks only lose a reference; ignore_discard ignores', async () => {
-  const { pool, meta } = await memPool();
+  const { pool, meta, data } = await memPool();
   await pool.createThin(1);
   const dev = await pool.openThin(1, 2 << 20);
   await dev.write(pattern(1 << 20, 1), 0);
   await pool.createSnap(2, 1);
   assert.equal((await pool.status()).usedDataBlocks, 16);
+  const pagesBefore = data.pagesHeld;
   // partial blocks at both ends keep their mappings
   await dev.discard(BS / 2, 4 * BS);
   assert.equal((await dev.status()).mappedSectors, 13 * 128);
@@ -31,6 +32,7 @@ test('discard unmaps whole blocks and frees them; shared blocks only lose a refe
   await snap.discard(0, 2 << 20);
   assert.equal((await snap.status()).highestMappedSector, null);
   assert.equal((await pool.status()).usedDataBlocks, 13);
+  assert.equal(pagesBefore - data.pagesHeld, 3 * (BS / 4096), 'the 3 freed blocks were passed down to the data device');
   assert.deepEqual(await dev.mapped(0, 1 << 20), [
     { offset: 0, length: BS, mapped: true },
     { offset: BS, length: 3 * BS, mapped: false },
