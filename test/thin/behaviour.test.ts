@@ -55,6 +55,8 @@ test('discard passdown punches the freed blocks out of a sparse data file at com
   const { dir, cleanup } = await tempDir();
   try {
     const allocated = async () => (await stat(join(dir, 'data'))).blocks * 512;
+    // the host filesystem may add a block or two of its own (extent index) as holes appear
+    const near = (got: number, want: number, what: string) => assert.ok(Math.abs(got - want) <= 16384, `${what}: ${got} bytes allocated, expected ${want}`);
     const pool = await filePool(dir);
     assert.equal((await pool.status()).discard, 'discard_passdown');
     await pool.createThin(1);
@@ -67,17 +69,17 @@ test('discard passdown punches the freed blocks out of a sparse data file at com
     await dev.write(pattern(4 * BS, 9), 0); // blocks 0-3 now differ from the snapshot's
     await dev.discard(0, 8 * BS);
     // before the commit the freed blocks keep their bytes: the last commit still maps them
-    assert.equal(await allocated(), full + 4 * BS);
+    near(await allocated(), full + 4 * BS, 'before the commit');
     await dev.flush();
     // the 4 blocks only the origin held are punched; 4 more are still the snapshot's
-    assert.equal(await allocated(), full);
+    near(await allocated(), full, 'after the commit');
     const snap = await pool.openThin(2, 2 << 20);
     const got = Buffer.alloc(2 << 20);
     await snap.read(got, 0);
     assert.ok(got.equals(pattern(2 << 20, 3)), 'the snapshot reads its data intact');
     await snap.discard(0, 8 * BS);
     await snap.flush();
-    assert.equal(await allocated(), full - 8 * BS);
+    near(await allocated(), full - 8 * BS, 'after the snapshot\'s discard');
     // freed and punched blocks are allocated again later and read back correctly
     await dev.write(pattern(8 * BS, 5), 0);
     await dev.read(got.subarray(0, 8 * BS), 0);
