@@ -3,8 +3,8 @@
  * containers are never run, but the record has the fields dockerd needs to load it, so a Docker
  * daemon pointed at a Strata root starts and lists them.
  */
-import { statSync } from 'node:fs';
-import { mkdir, readFile, readdir, rm } from 'node:fs/promises';
+import { mkdirSync, statSync } from 'node:fs';
+import { readFile, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { strataError, isErrno, isStrataError } from '../errors.js';
 import { mapLimit } from '../util/map-limit.js';
@@ -80,7 +80,7 @@ export class ContainerStore {
 
   /** Write and sync the record under a temp name; it exists for readers once published. */
   async prepare(_txn: WriteTxn, record: ContainerRecord): Promise<PreparedFile> {
-    await mkdir(join(this.dir, record.ID), { recursive: true, mode: 0o710 });
+    mkdirSync(join(this.dir, record.ID), { recursive: true, mode: 0o710 });
     return prepareFileAtomic(this.path(record.ID), JSON.stringify(record), 0o600);
   }
 

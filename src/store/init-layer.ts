@@ -1,5 +1,4 @@
-import { lstat, mkdir, writeFile, symlink } from 'node:fs/promises';
-import type { Stats } from 'node:fs';
+import { lstatSync, mkdirSync, symlinkSync, writeFileSync, type Stats } from 'node:fs';
 import { join } from 'node:path';
 import { isErrno } from '../errors.js';
 import { copyMetadata } from '../union/copy-up.js';
@@ -63,16 +62,16 @@ async function addEntry(target: InitLayerTarget, path: string, kind: 'dir' | 'fi
   }
   if ((await target.lookup(path)) !== null) return;
   const full = join(target.dir, path);
-  if (kind === 'dir') await mkdir(full, { mode: 0o755 });
-  else if (kind === 'file') await writeFile(full, '', { mode: 0o755 });
-  else await symlink(linkTarget!, full);
+  if (kind === 'dir') mkdirSync(full, { mode: 0o755 });
+  else if (kind === 'file') writeFileSync(full, '', { mode: 0o755 });
+  else symlinkSync(linkTarget!, full);
 }
 
-async function lstatOrNull(path: string): Promise<Stats | null> {
+function lstatOrNull(path: string): Stats | null {
   try {
-    return await lstat(path);
+    return lstatSync(path, { throwIfNoEntry: false }) ?? null;
   } catch (err) {
-    if (isErrno(err, 'ENOENT', 'ENOTDIR')) return null;
+    if (isErrno(err, 'ENOTDIR')) return null;
     throw err;
   }
 }
@@ -81,9 +80,9 @@ async function lstatOrNull(path: string): Promise<Stats | null> {
 export function mountedInitTarget(root: string): InitLayerTarget {
   return {
     dir: root,
-    lookup: (rel) => lstatOrNull(join(root, rel)),
+    lookup: async (rel) => lstatOrNull(join(root, rel)),
     ensureDir: async (rel, inView) => {
-      if (inView === null) await mkdir(join(root, rel), { mode: 0o755 });
+      if (inView === null) mkdirSync(join(root, rel), { mode: 0o755 });
     },
   };
 }
@@ -108,12 +107,12 @@ export async function diffDirInitTarget(diffDir: string, imageLayers: string[], 
   return {
     dir: diffDir,
     // only ever adds entries where the image has none, or directories where it has directories
-    lookup: async (rel) => (await lstatOrNull(join(diffDir, rel))) ?? inImage(rel),
+    lookup: async (rel) => lstatOrNull(join(diffDir, rel)) ?? inImage(rel),
     ensureDir: async (rel, inView) => {
       const dst = join(diffDir, rel);
-      if ((await lstatOrNull(dst)) !== null) return;
+      if (lstatOrNull(dst) !== null) return;
       // not in the diff dir yet, so what the view found is the image's own directory (or nothing)
-      await mkdir(dst, { mode: 0o755 });
+      mkdirSync(dst, { mode: 0o755 });
       if (inView?.isDirectory() === true) await copyMetadata(await image!.backingPath(rel), inView, dst);
     },
   };

@@ -12,8 +12,8 @@
  * caller must hold the root's write lock (store.ts), which also means any intent marker found by
  * recover() belongs to a dead process.
  */
-import { mkdir, readFile, readdir, rename, rm, open, stat, writeFile } from 'node:fs/promises';
-import { createReadStream, createWriteStream } from 'node:fs';
+import { readFile, readdir, rename, rm, stat } from 'node:fs/promises';
+import { createReadStream, createWriteStream, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { PassThrough, type Readable } from 'node:stream';
@@ -24,7 +24,7 @@ import { TarSplitRecorder, assembleTar, decodeTarSplitEntry, openLayerStream } f
 import { createGunzip } from 'node:zlib';
 import { createInterface } from 'node:readline';
 import { strataError, isErrno, isStrataError } from '../errors.js';
-import { fsyncDir } from '../util/atomic.js';
+import { fsyncDir, writeFileSynced } from '../util/atomic.js';
 import { type Digest, hexOf, parseDigest, sha256 } from './digest.js';
 import { diffDirInitTarget, mountedInitTarget, setupInitLayer } from './init-layer.js';
 import type { WriteTxn } from './write-lock.js';
@@ -390,12 +390,12 @@ export class LayerStore {
    * layer directory nothing refers to (space, never a wrong record).
    */
   private async markIncomplete(name: string, id: string): Promise<void> {
-    await mkdir(this.tmp, { recursive: true });
-    await writeFile(join(this.tmp, name), id, { mode: 0o644 });
+    mkdirSync(this.tmp, { recursive: true });
+    writeFileSync(join(this.tmp, name), id, { mode: 0o644 });
   }
 
   private async clearIncomplete(name: string): Promise<void> {
-    await rm(join(this.tmp, name), { force: true });
+    rmSync(join(this.tmp, name), { force: true });
   }
 
   /** Write small files (and move staged ones) into a temp dir, fsync, rename it to `target`. */
@@ -406,24 +406,11 @@ export class LayerStore {
   /** The synced temp dir of a write set (under layerdb/tmp, which recover() empties). */
   private async prepareWriteSet(files: Record<string, string>, staged: Record<string, string>): Promise<string> {
     const set = join(this.tmp, `write-set-${randomHex().slice(0, 16)}`);
-    await mkdir(set, { recursive: true, mode: 0o700 });
+    mkdirSync(set, { recursive: true, mode: 0o700 });
     // fsyncs in parallel: the filesystem folds them into one journal commit
-    await Promise.all(Object.entries(files).map(async ([name, content]) => {
-      const handle = await open(join(set, name), 'w', 0o644);
-      try {
-        await handle.writeFile(content);
-        await handle.sync();
-      } finally {
-        await handle.close();
-      }
-    }));
+    await Promise.all(Object.entries(files).map(([name, content]) => writeFileSynced(join(set, name), content)));
     await Promise.all(Object.entries(staged).map(async ([name, from]) => {
-      const handle = await open(from, 'r');
-      try {
-        await handle.sync();
-      } finally {
-        await handle.close();
-      }
+      await fsyncDir(from);
       await rename(from, join(set, name));
     }));
     await fsyncDir(set);
@@ -431,8 +418,8 @@ export class LayerStore {
   }
 
   private async publishWriteSet(set: string, target: string): Promise<void> {
-    await mkdir(join(target, '..'), { recursive: true, mode: 0o700 });
-    await rename(set, target);
+    mkdirSync(join(target, '..'), { recursive: true, mode: 0o700 });
+    renameSync(set, target);
     await fsyncDir(join(target, '..'));
   }
 }

@@ -20,7 +20,8 @@
  * createReadWrite. Diffs against the direct parent read only diff/ (cost of the changes, not of
  * the image); anything else falls back to comparing mounted trees (naive-diff.ts).
  */
-import { mkdir, readFile, readlink, rm, rmdir, stat, symlink, writeFile, readdir, rename } from 'node:fs/promises';
+import { mkdir, readlink, rm, rmdir, stat, writeFile, rename } from 'node:fs/promises';
+import { existsSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { Readable } from 'node:stream';
@@ -77,15 +78,6 @@ export class Overlay2Driver implements Driver {
     return join(this.home, id);
   }
 
-  private async readOptional(path: string): Promise<string | null> {
-    try {
-      return await readFile(path, 'utf8');
-    } catch (err) {
-      if (isErrno(err, 'ENOENT')) return null;
-      throw err;
-    }
-  }
-
   // ---- layers -------------------------------------------------------------------------------
 
   async create(id: string, parent: string | null, opts?: CreateOptions): Promise<void> {
@@ -102,28 +94,33 @@ export class Overlay2Driver implements Driver {
     return this.createLayer(id, parent);
   }
 
-  /** moby's overlay2 create, step for step, so Docker finds exactly what it would have made. */
+  /**
+   * moby's overlay2 create, step for step, so Docker finds exactly what it would have made. The
+   * steps are a dozen tiny metadata calls, part of every container create: made synchronously
+   * they cost a few µs each, where a thread-pool round trip costs tens (measured).
+   */
   private async createLayer(id: string, parent: string | null): Promise<void> {
     const dir = this.dir(id);
-    if (await this.exists(id)) throw strataError('LAYER_EXISTS', `layer ${id} already exists`, { id });
+    if (existsSync(dir)) throw strataError('LAYER_EXISTS', `layer ${id} already exists`, { id });
     let lower: string | null = null;
     if (parent !== null) {
       const parentDir = this.dir(parent);
-      const parentLink = await this.readOptional(join(parentDir, 'link'));
+      const parentLink = readOptionalSync(join(parentDir, 'link'));
       if (parentLink === null) throw strataError('LAYER_NOT_FOUND', `parent layer ${parent} not found`, { id: parent });
-      lower = childLower(parentLink.trim(), await this.readOptional(join(parentDir, 'lower')));
+      lower = childLower(parentLink.trim(), readOptionalSync(join(parentDir, 'lower')));
     }
-    await this.init();
-    await mkdir(dir, { mode: 0o710 });
+    mkdirSync(this.home, { recursive: true, mode: 0o710 });
+    mkdirSync(join(this.home, LINK_DIR), { recursive: true, mode: 0o700 });
+    mkdirSync(dir, { mode: 0o710 });
     try {
-      await mkdir(join(dir, 'diff'), { mode: 0o755 });
+      mkdirSync(join(dir, 'diff'), { mode: 0o755 });
       const link = generateLinkId();
-      await symlink(join('..', id, 'diff'), join(this.home, LINK_DIR, link));
-      await writeFile(join(dir, 'link'), link, { mode: 0o644 });
+      symlinkSync(join('..', id, 'diff'), join(this.home, LINK_DIR, link));
+      writeFileSync(join(dir, 'link'), link, { mode: 0o644 });
       if (parent !== null && lower !== null) {
-        await mkdir(join(dir, 'work'), { mode: 0o700 });
-        await writeFile(join(this.dir(parent), 'committed'), '', { mode: 0o600 });
-        await writeFile(join(dir, 'lower'), lower, { mode: 0o644 });
+        mkdirSync(join(dir, 'work'), { mode: 0o700 });
+        writeFileSync(join(this.dir(parent), 'committed'), '', { mode: 0o600 });
+        writeFileSync(join(dir, 'lower'), lower, { mode: 0o644 });
       }
       // No fsync, as moby: the layer store's intent marker and its own synced record decide
       // after a crash whether this layer is kept or removed.
@@ -144,7 +141,7 @@ export class Overlay2Driver implements Driver {
     const merged = join(dir, 'merged');
     // Never recurse into a live mount: that would delete the files of the layers below.
     if (await isMountPoint(merged)) await unmount(merged);
-    const link = (await this.readOptional(join(dir, 'link')))?.trim();
+    const link = (readOptionalSync(join(dir, 'link')))?.trim();
     if (link && !link.includes('/')) await rm(join(this.home, LINK_DIR, link), { force: true });
     // Rename first, so a crash mid-delete leaves a hidden directory rather than a torn layer.
     const doomed = join(this.home, `.rm-${id}-${randomBytes(4).toString('hex')}`);
@@ -176,7 +173,7 @@ export class Overlay2Driver implements Driver {
   async get(id: string): Promise<string> {
     const dir = this.dir(id);
     if (!(await this.exists(id))) throw strataError('LAYER_NOT_FOUND', `layer ${id} not found`, { id });
-    const lower = await this.readOptional(join(dir, 'lower'));
+    const lower = readOptionalSync(join(dir, 'lower'));
     await this.init();
     return this.withMountLock(async () => {
       // A layer without lowers is never mounted: its diff/ is the whole filesystem (as Docker).
@@ -208,7 +205,7 @@ export class Overlay2Driver implements Driver {
   /** Undo our mount of `id`, unless it was borrowed. */
   private async release(id: string): Promise<void> {
     const marker = this.borrowedMarker(id);
-    if ((await this.readOptional(marker)) !== null) {
+    if ((readOptionalSync(marker)) !== null) {
       await rm(marker, { force: true });
       return;
     }
@@ -225,7 +222,7 @@ export class Overlay2Driver implements Driver {
     await mkdir(merged, { mode: 0o700 }).catch((err) => {
       if (!isErrno(err, 'EEXIST')) throw err;
     });
-    const readonly = (await this.readOptional(join(dir, 'committed'))) !== null;
+    const readonly = (readOptionalSync(join(dir, 'committed'))) !== null;
     this.indexOff ??= await kernelKnowsIndex();
     this.userxattr ??= await inUserNamespace();
     const spec = buildMountSpec({ home: this.home, id, lower, readonly, indexOff: this.indexOff, userxattr: this.userxattr, pageSize: PAGE_SIZE });
@@ -294,7 +291,7 @@ export class Overlay2Driver implements Driver {
 
   /** Absolute diff directories of the lowers, nearest first (links resolved, as moby's getLowerDirs). */
   private async lowerDirs(id: string): Promise<string[]> {
-    const lower = await this.readOptional(join(this.dir(id), 'lower'));
+    const lower = readOptionalSync(join(this.dir(id), 'lower'));
     const out: string[] = [];
     for (const entry of splitLower(lower)) {
       const target = await readlink(join(this.home, entry));
@@ -305,10 +302,10 @@ export class Overlay2Driver implements Driver {
 
   /** `parent` is the layer directly below `id` (or both are "none"): diff/ alone is the change set. */
   private async isParent(id: string, parent: string | null): Promise<boolean> {
-    const lowers = splitLower(await this.readOptional(join(this.dir(id), 'lower')));
+    const lowers = splitLower(readOptionalSync(join(this.dir(id), 'lower')));
     if (parent === null) return lowers.length === 0;
     if (lowers.length === 0) return false;
-    const parentLink = (await this.readOptional(join(this.dir(parent), 'link')))?.trim();
+    const parentLink = (readOptionalSync(join(this.dir(parent), 'link')))?.trim();
     return parentLink !== undefined && lowers[0] === `${LINK_DIR}/${parentLink}`;
   }
 
@@ -358,4 +355,14 @@ export async function createOverlay2Driver(opts: DriverOptions): Promise<Driver>
   const driver = new Overlay2Driver(opts);
   await driver.init();
   return driver;
+}
+
+/** A small file of the layer's (link, lower, a marker), or null where it has none. */
+function readOptionalSync(path: string): string | null {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch (err) {
+    if (isErrno(err, 'ENOENT')) return null;
+    throw err;
+  }
 }

@@ -6,7 +6,7 @@
  *     dir/<id>/           the layer's complete root filesystem
  *     mountrefs/<id>      get/put reference counts (see mount-refs.ts)
  */
-import { mkdir, rm, rename, statfs, readdir } from 'node:fs/promises';
+import { mkdir, rm, rename, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { Readable } from 'node:stream';
