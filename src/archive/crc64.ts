@@ -25,7 +25,7 @@ const SLICES = 16;
 const TABLE_HI = new Uint32Array(SLICES * 256);
 const TABLE_LO = new Uint32Array(SLICES * 256);
 
-(function buildTables(): void {
+function buildTables(): void {
   for (let i = 0; i < 256; i++) {
     let hi = 0;
     let lo = i;
@@ -53,7 +53,7 @@ const TABLE_LO = new Uint32Array(SLICES * 256);
       TABLE_LO[k * 256 + i] = (nlo ^ TABLE_LO[idx]!) >>> 0;
     }
   }
-})();
+}
 
 /** Below this many bytes the JavaScript loop beats copying into WebAssembly memory and calling it (measured: ~20–30). */
 const WASM_MIN = 32;
@@ -61,7 +61,17 @@ const WASM_MIN = 32;
 const PIECE = 256 * 1024;
 const LAYOUT = { slices: SLICES, stateOffset: SLICES * 2048, dataOffset: 0x10000, pages: 1 + PIECE / 0x10000 };
 
-const wasm = ((): { view: DataView; piece: Uint8Array; update: (len: number) => void } | null => {
+interface WasmKernel {
+  view: DataView;
+  piece: Uint8Array;
+  update: (len: number) => void;
+}
+
+/** Built on first use (tables and module take ~8 ms): most CLI calls never checksum anything. */
+let wasm: WasmKernel | null | undefined;
+
+function setUp(): WasmKernel | null {
+  buildTables();
   const module = loadCrc64Wasm(LAYOUT);
   if (module === null) return null;
   // the memory never grows, so these views stay attached; WebAssembly memory is little-endian
@@ -71,7 +81,7 @@ const wasm = ((): { view: DataView; piece: Uint8Array; update: (len: number) => 
     view.setUint32(8 * i + 4, TABLE_HI[i]!, true);
   }
   return { view, piece: new Uint8Array(module.memory, LAYOUT.dataOffset, PIECE), update: module.update };
-})();
+}
 
 /** Incremental CRC-64/GO-ISO. */
 export class Crc64 {
@@ -80,12 +90,13 @@ export class Crc64 {
   private lo = 0xffffffff;
 
   update(data: Uint8Array): this {
+    if (wasm === undefined) wasm = setUp();
     if (wasm !== null && data.length >= WASM_MIN) this.updateWasm(data, wasm);
     else this.updateJs(data);
     return this;
   }
 
-  private updateWasm(data: Uint8Array, { view, piece, update }: NonNullable<typeof wasm>): void {
+  private updateWasm(data: Uint8Array, { view, piece, update }: WasmKernel): void {
     view.setUint32(LAYOUT.stateOffset, this.lo, true);
     view.setUint32(LAYOUT.stateOffset + 4, this.hi, true);
     for (let off = 0; off < data.length; off += PIECE) {
