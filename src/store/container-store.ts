@@ -94,11 +94,6 @@ export class ContainerStore {
   }
 
   /**
-   * Every record. Records read before are kept with their file's ctime and nanosecond mtime and
-   * reused while a stat shows them unchanged (one call per container instead of four, plus a
-   * parse): create checks names against all of them, so this runs on every create.
-   */
-  /**
    * Every record, current: each is re-read only when a stat shows its file changed (another
    * process rewrote it, as a `docker rename` would). The stats are synchronous: a few µs each
    * where a thread-pool round trip costs tens, and create checks its name against every record,

@@ -67,6 +67,7 @@ async function addEntry(target: InitLayerTarget, path: string, kind: 'dir' | 'fi
   else symlinkSync(linkTarget!, full);
 }
 
+// The init layer's calls are synchronous: tiny metadata calls on every create (util/atomic.ts says why).
 function lstatOrNull(path: string): Stats | null {
   try {
     return lstatSync(path, { throwIfNoEntry: false }) ?? null;

@@ -4,9 +4,10 @@ import { dirname, basename, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 
 /*
- * The opens, writes and closes here are synchronous: metadata files are tiny, and a thread-pool
- * round trip costs tens of µs where the call itself costs a few (measured: container create is a
- * chain of them). Only fsync, which waits for the disk, goes to the thread pool.
+ * The opens, writes and closes here are synchronous, as are the store's and drivers' other small
+ * metadata calls: a thread-pool round trip costs tens of µs where such a call costs a few, and a
+ * container create is a chain of them (measured: create 6.4 → 3.9 ms on tmpfs). Only fsync,
+ * which waits for the disk, goes to the thread pool.
  */
 
 function fsyncFd(fd: number): Promise<void> {

@@ -95,9 +95,8 @@ export class Overlay2Driver implements Driver {
   }
 
   /**
-   * moby's overlay2 create, step for step, so Docker finds exactly what it would have made. The
-   * steps are a dozen tiny metadata calls, part of every container create: made synchronously
-   * they cost a few µs each, where a thread-pool round trip costs tens (measured).
+   * moby's overlay2 create, step for step, so Docker finds exactly what it would have made.
+   * Synchronous calls: a dozen tiny metadata calls on every container create (util/atomic.ts says why).
    */
   private async createLayer(id: string, parent: string | null): Promise<void> {
     const dir = this.dir(id);
@@ -141,7 +140,7 @@ export class Overlay2Driver implements Driver {
     const merged = join(dir, 'merged');
     // Never recurse into a live mount: that would delete the files of the layers below.
     if (await isMountPoint(merged)) await unmount(merged);
-    const link = (readOptionalSync(join(dir, 'link')))?.trim();
+    const link = readOptionalSync(join(dir, 'link'))?.trim();
     if (link && !link.includes('/')) await rm(join(this.home, LINK_DIR, link), { force: true });
     // Rename first, so a crash mid-delete leaves a hidden directory rather than a torn layer.
     const doomed = join(this.home, `.rm-${id}-${randomBytes(4).toString('hex')}`);
@@ -205,7 +204,7 @@ export class Overlay2Driver implements Driver {
   /** Undo our mount of `id`, unless it was borrowed. */
   private async release(id: string): Promise<void> {
     const marker = this.borrowedMarker(id);
-    if ((readOptionalSync(marker)) !== null) {
+    if (readOptionalSync(marker) !== null) {
       await rm(marker, { force: true });
       return;
     }
@@ -222,7 +221,7 @@ export class Overlay2Driver implements Driver {
     await mkdir(merged, { mode: 0o700 }).catch((err) => {
       if (!isErrno(err, 'EEXIST')) throw err;
     });
-    const readonly = (readOptionalSync(join(dir, 'committed'))) !== null;
+    const readonly = readOptionalSync(join(dir, 'committed')) !== null;
     this.indexOff ??= await kernelKnowsIndex();
     this.userxattr ??= await inUserNamespace();
     const spec = buildMountSpec({ home: this.home, id, lower, readonly, indexOff: this.indexOff, userxattr: this.userxattr, pageSize: PAGE_SIZE });
@@ -305,7 +304,7 @@ export class Overlay2Driver implements Driver {
     const lowers = splitLower(readOptionalSync(join(this.dir(id), 'lower')));
     if (parent === null) return lowers.length === 0;
     if (lowers.length === 0) return false;
-    const parentLink = (readOptionalSync(join(this.dir(parent), 'link')))?.trim();
+    const parentLink = readOptionalSync(join(this.dir(parent), 'link'))?.trim();
     return parentLink !== undefined && lowers[0] === `${LINK_DIR}/${parentLink}`;
   }
 
