@@ -1,9 +1,9 @@
 /**
  * An NbdExport over a regular file (tests, and raw `dm.datadev`-style files). Holes in a sparse
  * file are reported through SEEK_DATA/SEEK_HOLE, so `nbdinfo --map` and sparse-aware copies see
- * them. Node has no fallocate, so TRIM is not offered and zeroing writes zero buffers, except
- * where the range is already a hole (then there is nothing to do, which also makes FAST_ZERO
- * possible there).
+ * them. TRIM punches a hole, and so does WRITE_ZEROES unless the client forbids holes, as
+ * nbdkit's file plugin does; where holes cannot be punched (no koffi), TRIM is not offered and
+ * zeroing writes zero buffers, except where the range is already a hole.
  */
 import { open, type FileHandle } from 'node:fs/promises';
 import { writev as writevCb, readv as readvCb } from 'node:fs';
@@ -11,6 +11,7 @@ import { createRequire } from 'node:module';
 import { strataError, isErrno } from '../errors.js';
 import type { NbdExport, NbdExtent, WriteOptions, ZeroOptions } from './nbd-export.js';
 import { IoQueue } from './io-queue.js';
+import { discarder } from '../util/discard.js';
 
 const require = createRequire(import.meta.url);
 const fsExt = require('fs-ext') as {
@@ -102,11 +103,20 @@ export class FileExport implements NbdExport {
   readonly description?: string;
   readonly readOnly: boolean;
   readonly prefBlock = 4096;
+  readonly trim?: (offset: number, length: number, options: WriteOptions) => Promise<void>;
+  private readonly punchHole: ((offset: number, length: number) => Promise<void>) | null;
 
   private constructor(private readonly handle: FileHandle, readonly size: number, readonly path: string, options: FileExportOptions) {
     this.name = options.name;
     if (options.description !== undefined) this.description = options.description;
     this.readOnly = options.readOnly === true;
+    this.punchHole = this.readOnly ? null : discarder(handle.fd, path, false);
+    if (this.punchHole) this.trim = (offset, length, opts) => this.deallocate(offset, length, opts);
+  }
+
+  private async deallocate(offset: number, length: number, options: WriteOptions): Promise<void> {
+    await this.punchHole!(offset, length);
+    if (options.fua) await this.handle.datasync();
   }
 
   static async open(path: string, options: FileExportOptions): Promise<FileExport> {
@@ -144,6 +154,7 @@ export class FileExport implements NbdExport {
 
   async writeZeroes(offset: number, length: number, options: ZeroOptions): Promise<void> {
     if (await this.isHole(offset, length)) return;
+    if (this.punchHole && !options.noHole) return this.deallocate(offset, length, options);
     if (options.fastZero) throw strataError('NOT_IMPLEMENTED', 'zeroing allocated file data is no faster than writing');
     const zeroes = Buffer.alloc(Math.min(ZERO_STEP, length));
     for (let pos = 0; pos < length; pos += zeroes.length) {

@@ -1,6 +1,6 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import { strataError } from '../errors.js';
-import { errnoError, loadLibc } from '../util/libc.js';
+import { discarder } from '../util/discard.js';
 
 /**
  * The one I/O seam under the pool: byte-addressed storage with an explicit flush. The pool keeps
@@ -28,12 +28,8 @@ export class FileBlockDevice implements BlockDevice {
   readonly discard?: (offset: number, length: number) => Promise<void>;
 
   private constructor(private readonly handle: FileHandle, readonly path: string, blockDevice: boolean) {
-    const calls = discardCalls();
-    if (calls) {
-      this.discard = blockDevice
-        ? (offset, length) => calls.blkdiscard(handle.fd, offset, length, path)
-        : (offset, length) => calls.punchHole(handle.fd, offset, length, path);
-    }
+    const discard = discarder(handle.fd, path, blockDevice);
+    if (discard) this.discard = discard;
   }
 
   static async open(path: string, options: { readOnly?: boolean } = {}): Promise<FileBlockDevice> {
@@ -101,46 +97,6 @@ export class FileBlockDevice implements BlockDevice {
   async close(): Promise<void> {
     await this.handle.close();
   }
-}
-
-type AsyncFn = { async(...args: unknown[]): void };
-
-interface DiscardCalls {
-  punchHole(fd: number, offset: number, length: number, path: string): Promise<void>;
-  blkdiscard(fd: number, offset: number, length: number, path: string): Promise<void>;
-}
-
-let discardBinding: DiscardCalls | null | undefined;
-
-const FALLOC_FL_KEEP_SIZE = 0x01;
-const FALLOC_FL_PUNCH_HOLE = 0x02;
-const BLKDISCARD = 0x1277; // _IO(0x12, 119)
-
-/** fallocate(2) and ioctl(BLKDISCARD) through libc, on koffi's worker threads. */
-function discardCalls(): DiscardCalls | null {
-  if (discardBinding !== undefined) return discardBinding;
-  const lib = ['x64', 'arm64'].includes(process.arch) ? loadLibc() : null;
-  if (!lib) return (discardBinding = null);
-  const fallocate = lib.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)') as AsyncFn;
-  const ioctl = lib.func('int ioctl(int fd, unsigned long request, void *arg)') as AsyncFn;
-  const call = (fn: AsyncFn, name: string, path: string, ...args: unknown[]): Promise<void> =>
-    new Promise((resolve, reject) => {
-      fn.async(...args, (err: unknown, result: number) => {
-        if (err) reject(err);
-        else if (result !== 0) reject(errnoError(lib.errno(), name, path));
-        else resolve();
-      });
-    });
-  discardBinding = {
-    punchHole: (fd, offset, length, path) => call(fallocate, 'fallocate', path, fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length),
-    blkdiscard: (fd, offset, length, path) => {
-      const range = Buffer.alloc(16);
-      range.writeBigUInt64LE(BigInt(offset), 0);
-      range.writeBigUInt64LE(BigInt(length), 8);
-      return call(ioctl, 'ioctl BLKDISCARD', path, fd, BLKDISCARD, range);
-    },
-  };
-  return discardBinding;
 }
 
 /** Thrown by MemoryBlockDevice once its crash point is reached. */

@@ -5,11 +5,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { writeFile, truncate, readFile } from 'node:fs/promises';
+import { writeFile, truncate, readFile, stat } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { NbdServer } from '../../src/nbd/server.js';
 import { FileExport } from '../../src/nbd/file-export.js';
-import { CMD } from '../../src/nbd/protocol.js';
+import { CMD, CMD_FLAG } from '../../src/nbd/protocol.js';
 import { RawClient, attach, tempDir } from './helpers.js';
 
 const KiB = 1024;
@@ -111,6 +111,52 @@ test('reads past the end of a short file come back as zeroes, merged or not', as
     const expected = Buffer.alloc(4 * MiB);
     content.copy(expected);
     reads.forEach((r, i) => assert.ok(got[i]!.equals(expected.subarray(r.offset, r.offset + r.length)), `read ${r.offset}`));
+    c.close();
+  } finally {
+    await server.close();
+    await exp.close();
+    await cleanup();
+  }
+});
+
+test('file export: TRIM and WRITE_ZEROES punch holes (the file gives its space back); NO_HOLE writes zeros instead', async () => {
+  const { dir, cleanup } = await tempDir('strata-nbd-trim-');
+  const file = join(dir, 'disk');
+  await writeFile(file, '');
+  await truncate(file, 8 * MiB);
+  const exp = await FileExport.open(file, { name: 'disk' });
+  const server = new NbdServer([exp]);
+  const sock = join(dir, 'nbd.sock');
+  await server.listenUnix(sock);
+  const allocated = async () => (await stat(file)).blocks * 512;
+  try {
+    assert.ok(exp.trim, 'TRIM is offered where holes can be punched');
+    const c = await attach(sock, 'disk');
+    const data = randomBytes(8 * MiB);
+    await writeAll(c, [{ offset: 0, data }], 1n);
+    assert.ok((await allocated()) >= 8 * MiB);
+
+    c.sendRequest(CMD.TRIM, CMD_FLAG.FUA, 10n, MiB, 2 * MiB);
+    assert.equal((await c.readSimpleReply()).error, 0);
+    c.sendRequest(CMD.WRITE_ZEROES, CMD_FLAG.FAST_ZERO, 11n, 4 * MiB, MiB);
+    assert.equal((await c.readSimpleReply()).error, 0);
+    assert.ok((await allocated()) <= 5 * MiB + 64 * KiB, `3 MiB punched out (${await allocated()} bytes left)`);
+    const holes = (await exp.blockStatus(0, 8 * MiB)).filter((e) => e.hole).map((e) => [e.offset, e.length]);
+    assert.deepEqual(holes, [[MiB, 2 * MiB], [4 * MiB, MiB]]);
+
+    // NO_HOLE: zeros are written, the space stays allocated; with FAST_ZERO too it is refused
+    c.sendRequest(CMD.WRITE_ZEROES, CMD_FLAG.NO_HOLE, 12n, 6 * MiB, MiB);
+    assert.equal((await c.readSimpleReply()).error, 0);
+    c.sendRequest(CMD.WRITE_ZEROES, CMD_FLAG.NO_HOLE | CMD_FLAG.FAST_ZERO, 13n, 7 * MiB, MiB);
+    assert.notEqual((await c.readSimpleReply()).error, 0);
+    assert.deepEqual((await exp.blockStatus(6 * MiB, MiB)).map((e) => e.hole), [false]);
+
+    const [back] = await readAll(c, [{ offset: 0, length: 8 * MiB }], 20n);
+    const expected = Buffer.from(data);
+    expected.fill(0, MiB, 3 * MiB);
+    expected.fill(0, 4 * MiB, 5 * MiB);
+    expected.fill(0, 6 * MiB, 7 * MiB);
+    assert.ok(back!.equals(expected), 'trimmed and zeroed ranges read as zeros, the rest is intact');
     c.close();
   } finally {
     await server.close();
