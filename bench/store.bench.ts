@@ -1,7 +1,7 @@
 // Issue 2's figures: on a generated ~10,000-file, ~200 MB root filesystem, import time next to
 // `tar -xf` of the same tar into a fresh directory (same run), create latency (median of 20),
 // diff and commit after changing 10 files, and the peak memory of the import process.
-import { mkdtemp, rm, mkdir, writeFile, readFile, stat } from 'node:fs/promises';
+import { mkdtemp, rm, mkdir, writeFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { spawnSync } from 'node:child_process';

@@ -78,7 +78,6 @@ export class NbdClient {
     readonly name: string,
     readonly size: number,
     readonly flags: number,
-    private readonly structured: boolean,
     /** base:allocation's id, when the server gave us one. */
     private readonly allocationContext: number | undefined,
   ) {
@@ -130,7 +129,7 @@ export class NbdClient {
         flags = r.data.readUInt16BE(10);
       }
       if (size === undefined) throw strataError('PROTOCOL_ERROR', `${path}: the NBD server sent no export size`);
-      return new NbdClient(socket, reader, name, size, flags, structured, allocationContext);
+      return new NbdClient(socket, reader, name, size, flags, allocationContext);
     } catch (err) {
       socket.destroy();
       throw err;

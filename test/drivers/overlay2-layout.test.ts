@@ -128,7 +128,7 @@ describe('overlay2 layout and mounts', () => {
     await d.remove(b);
   });
 
-  test('cleanup unmounts everything; a later get mounts again', async (d, home) => {
+  test('cleanup unmounts everything; a later get mounts again', async (d) => {
     const ids = [ID(1), ID(2), ID(3)];
     await d.create(ids[0]!, null);
     await d.createReadWrite(ids[1]!, ids[0]!);
@@ -145,7 +145,7 @@ describe('overlay2 layout and mounts', () => {
     assert.ok(!(await isMountPoint(m2)));
   });
 
-  test('a count left without its mount (reboot) mounts again on get', async (d, home) => {
+  test('a count left without its mount (reboot) mounts again on get', async (d) => {
     const [a, b] = [ID(1), ID(2)];
     await d.create(a, null);
     await d.createReadWrite(b, a);

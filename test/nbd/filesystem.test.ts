@@ -13,7 +13,7 @@ import { dmCreate, dmMessage } from '../../src/thin/dmsetup.js';
 import { ensureService, stopService, service } from '../../src/nbd/service-client.js';
 import { servicePaths } from '../../src/nbd/service-paths.js';
 import { tempDir, run, runOk, haveCommand } from './helpers.js';
-import { attachNbd, mountDev, type Attached } from './block-attach.js';
+import { attachNbd, mountDev } from './block-attach.js';
 
 const MiB = 1024 * 1024;
 let dir: string;
