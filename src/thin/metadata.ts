@@ -76,6 +76,7 @@ export class ThinMetadata {
       if (opts.dataBlockSize !== undefined && md.sb.dataBlockSize !== opts.dataBlockSize) {
         throw strataError('INVALID_TABLE', `data block size ${opts.dataBlockSize} does not match the metadata's ${md.sb.dataBlockSize} sectors`);
       }
+      if (!opts.readOnly) await md.growMetadataToDevice();
       const want = opts.nrDataBlocks ?? md.dataSm.nrBlocks;
       if (!opts.readOnly && want > md.dataSm.nrBlocks) await md.resizeData(want);
       else if (want < md.dataSm.nrBlocks) {
@@ -341,6 +342,23 @@ export class ThinMetadata {
     const b = this.dataSm.alloc();
     this.touch();
     return b;
+  }
+
+  /**
+   * Take in a metadata device that has grown, as dm-thin does on resume: the metadata space map
+   * gets the new blocks (its new bitmaps are written at the next commit). A device smaller than
+   * the metadata records is refused, as the kernel refuses it.
+   */
+  async growMetadataToDevice(): Promise<void> {
+    const sm = this.tm.sm;
+    const devBlocks = Math.min(Math.floor((await this.dev.size()) / BLOCK_SIZE), MAX_METADATA_BLOCKS);
+    if (devBlocks < sm.nrBlocks) {
+      throw strataError('INVALID_TABLE', `metadata device holds ${devBlocks} blocks, fewer than the ${sm.nrBlocks} its metadata records; shrinking is not supported`);
+    }
+    if (devBlocks === sm.nrBlocks) return;
+    sm.extend(devBlocks);
+    this.sb.metadataNrBlocks = devBlocks;
+    this.touch();
   }
 
   async resizeData(nrBlocks: number): Promise<void> {

@@ -431,10 +431,14 @@ export class Pool {
     this.open.delete(id);
   }
 
-  /** Pick up a grown data device (or grow to `nrDataBlocks`), like a table reload + resume. */
+  /**
+   * Pick up a grown data device (or grow to `nrDataBlocks`) and a grown metadata device, like a
+   * table reload + resume.
+   */
   async resize(nrDataBlocks?: number): Promise<void> {
     await this.locked(async () => {
       const n = nrDataBlocks ?? Math.floor((await this.dataDevice.size()) / this.blockBytes);
+      await this.mutate(() => this.md.growMetadataToDevice());
       await this.mutate(() => this.md.resizeData(n));
       await this.commitLocked();
       if (this.md.dataSm.nrFree > 0) this.spaceAvailable();

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { stat } from 'node:fs/promises';
+import { stat, truncate } from 'node:fs/promises';
 import { memPool, filePool, tempDir, pattern, checkDevice, sparseFile, thinTools, tool } from './helpers.js';
 import { Pool } from '../../src/thin/pool.js';
 import { ThinMetadata } from '../../src/thin/metadata.js';
@@ -308,6 +308,50 @@ test('a commit forced by allocation mid-write never publishes a mapping before i
   withWrite.write('ab', BS - 1);
   assert.ok(got.equals(want) || got.equals(withWrite) || (got.subarray(0, BS).equals(withWrite.subarray(0, BS)) && got.subarray(BS).equals(want.subarray(BS))));
   await pool2.close();
+});
+
+test('a grown metadata device is taken in on resize or reopen; a shrunk one is refused', async () => {
+  const { dir, cleanup } = await tempDir();
+  try {
+    const metaPath = join(dir, 'metadata');
+    const pool = await filePool(dir, { metaBytes: 80 * 4096 });
+    let created = 0;
+    for (;;) {
+      try {
+        await pool.createThin(created);
+        created++;
+      } catch (err) {
+        assert.ok(isStrataError(err, 'METADATA_NO_SPACE'), String(err));
+        break;
+      }
+    }
+    // grow the metadata file, as lvextend would grow a metadata LV, then reload + resume
+    await truncate(metaPath, 4 << 20);
+    await pool.resize();
+    assert.equal((await pool.status()).totalMetadataBlocks, 1024);
+    for (let i = created; i < created + 40; i++) await pool.createThin(i);
+    const dev = await pool.openThin(created + 1, 4 << 20);
+    await dev.write(pattern(4 << 20, 7), 0);
+    await dev.flush();
+    await pool.close();
+    if (thinTools) assert.equal(tool('thin_check', [metaPath]).status, 0, tool('thin_check', [metaPath]).stderr);
+
+    // grown while closed: taken in on open; what was there is intact
+    await truncate(metaPath, 8 << 20);
+    const again = await Pool.open({ metadataPath: metaPath, dataPath: join(dir, 'data'), dataBlockSectors: 128 });
+    assert.equal((await again.status()).totalMetadataBlocks, 2048);
+    assert.equal(again.devices().length, created + 40);
+    const got = Buffer.alloc(4 << 20);
+    await (await again.openThin(created + 1, 4 << 20)).read(got, 0);
+    assert.ok(got.equals(pattern(4 << 20, 7)));
+    await again.close();
+    if (thinTools) assert.equal(tool('thin_check', [metaPath]).status, 0);
+
+    await truncate(metaPath, 2 << 20);
+    await assert.rejects(Pool.open({ metadataPath: metaPath, dataPath: join(dir, 'data'), dataBlockSectors: 128 }), code('INVALID_TABLE'));
+  } finally {
+    await cleanup();
+  }
 });
 
 test('a pool over loop block devices (sizes probed, not stat)', { skip: process.getuid?.() !== 0 ? 'needs root for losetup' : false }, async (t) => {
