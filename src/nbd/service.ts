@@ -197,9 +197,26 @@ export class NbdService {
 
   resume(name: string): Promise<void> {
     return this.serial(async () => {
+      const held = this.pools.get(name);
+      if (held) return this.resumePool(name, held);
       const a = this.activeOr(name);
       await dmResume(this.registry, name);
       a.device.resume();
+    });
+  }
+
+  /**
+   * Resume a pool we hold (its flock is ours, so the registry cannot reopen it): swap in a
+   * reloaded table and take in grown data and metadata devices, as dm-thin's preresume does.
+   */
+  private async resumePool(name: string, held: HeldPool): Promise<void> {
+    await this.registry.locked(async () => {
+      const e = await this.registry.get(name);
+      const table = e.inactiveTable ?? e.table;
+      const t = parseTable(table);
+      if (t.target !== 'thin-pool') throw strataError('INTERNAL', `${name} is held as a pool but its table is ${t.target}`);
+      await held.pool.resize(Math.floor(t.length / t.dataBlockSectors));
+      await this.registry.put({ name, table, suspended: false });
     });
   }
 

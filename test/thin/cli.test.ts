@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { open, readFile, writeFile, stat } from 'node:fs/promises';
+import { open, readFile, writeFile, stat, truncate } from 'node:fs/promises';
 import { main } from '../../src/cli/main.js';
 import { servicePid, stopService } from '../../src/nbd/service-client.js';
 import { servicePaths } from '../../src/nbd/service-paths.js';
@@ -205,6 +205,43 @@ test('cli: a full pool grows by reload + resume after the data file grows', asyn
     assert.match(await ok(...r, 'dmsetup', 'status', 'p'), / 32\/64 - rw /);
     await ok(...r, 'thin', 'read', 't', '-o', join(dir, 'y'), '--length', '2M');
     assert.ok((await readFile(join(dir, 'y'))).equals(pattern(2 << 20, 4)));
+  } finally {
+    await stopService(join(dir, 'root')).catch(() => undefined);
+    await cleanup();
+  }
+});
+
+test('cli: a pool out of metadata space takes in its grown metadata file on reload + resume, while the service holds it', async () => {
+  const { dir, cleanup } = await tempDir();
+  try {
+    const r = ['--root', join(dir, 'root')];
+    const meta = join(dir, 'meta');
+    const data = join(dir, 'data');
+    await sparseFile(meta, 80 * 4096);
+    await sparseFile(data, 64 << 20);
+    const poolTable = `0 131072 thin-pool ${meta} ${data} 128 16`;
+    await ok(...r, 'dmsetup', 'create', 'p', '--table', poolTable);
+    await ok(...r, 'dmsetup', 'message', 'p', '0', 'create_thin 0');
+    await ok(...r, 'dmsetup', 'create', 't', '--table', '0 8192 thin p 0'); // active: the service holds p
+    assert.notEqual(await servicePid(join(dir, 'root')), null);
+    let id = 1;
+    for (;; id++) {
+      const res = await strata(...r, 'dmsetup', 'message', 'p', '0', `create_thin ${id}`);
+      if (res.status === 0) continue;
+      assert.match(res.stderr, /metadata space exhausted/);
+      break;
+    }
+    assert.match(await ok(...r, 'dmsetup', 'status', 'p'), / \d+\/80 0\/1024 /);
+    await truncate(meta, 4 << 20);
+    await ok(...r, 'dmsetup', 'reload', 'p', '--table', poolTable);
+    await ok(...r, 'dmsetup', 'suspend', 'p');
+    await ok(...r, 'dmsetup', 'resume', 'p');
+    assert.match(await ok(...r, 'dmsetup', 'status', 'p'), / \d+\/1024 0\/1024 /);
+    await ok(...r, 'dmsetup', 'message', 'p', '0', `create_thin ${id}`);
+    await writeFile(join(dir, 'x'), pattern(1 << 20, 9));
+    await ok(...r, 'thin', 'write', 't', join(dir, 'x'));
+    await ok(...r, 'dmsetup', 'service', 'stop');
+    if (thinTools) assert.equal(tool('thin_check', [meta]).status, 0);
   } finally {
     await stopService(join(dir, 'root')).catch(() => undefined);
     await cleanup();
