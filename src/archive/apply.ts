@@ -18,6 +18,7 @@ import { isUtf8 } from 'node:buffer';
 import { tmpdir } from 'node:os';
 import type { Readable } from 'node:stream';
 import { isErrno, isStrataError, strataError } from '../errors.js';
+import { SmallFileWriter } from './file-writer.js';
 import { mknodSync, setXattrSync } from './native.js';
 import { RootResolver, baseOf, dirOf, entryPath, goClean } from './paths.js';
 import { TYPE, type TarHeader } from './tar/header.js';
@@ -58,6 +59,8 @@ export interface ApplyResult {
 const O_CREATE_FILE = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
 /** Largest file written by the pipelined path (its data is held until written). */
 const PIPELINE_MAX = 1 << 20;
+/** Small files before the file writer's thread is started: a small layer is done sooner without. */
+const WRITER_AFTER_FILES = 256;
 const IS_ROOT = typeof process.getuid === 'function' && process.getuid() === 0;
 
 interface PlnkFile { header: TarHeader; tmp: string }
@@ -79,6 +82,9 @@ class Applier {
   private readonly inflight = new Set<Promise<void>>();
   private failure: unknown = null;
   private readonly concurrency: number;
+  /** Started once the layer has shown many small files (undefined: not yet). */
+  private writer: SmallFileWriter | null | undefined;
+  private smallFiles = 0;
   size = 0;
 
   constructor(readonly root: string, private readonly opts: ApplyOptions) {
@@ -98,6 +104,8 @@ class Applier {
 
   /** Wait for every pipelined file; rethrow the first failure. */
   async drain(): Promise<void> {
+    const queued = this.writer?.send();
+    if (queued) this.track(queued);
     while (this.inflight.size > 0) await Promise.allSettled([...this.inflight]);
     if (this.failure) throw this.failure;
   }
@@ -207,6 +215,7 @@ class Applier {
   }
 
   cleanup(): void {
+    this.writer?.close();
     if (this.plnkDir) rmSync(this.plnkDir, { recursive: true, force: true });
   }
 
@@ -306,10 +315,20 @@ class Applier {
     this.created.add(path);
   }
 
-  /** Write a new small file on the thread pool, at most `concurrency` at a time. */
+  /**
+   * Write a new small file off this thread: batched to the file writer's thread once the layer
+   * has shown it has many (file-writer.ts), else (and for files with xattrs) its open on the
+   * thread pool. At most `concurrency` opens or batches in flight.
+   */
   private async pipeline(path: string, rel: string, data: Buffer, h: TarHeader): Promise<void> {
     while (this.inflight.size >= this.concurrency) await Promise.race(this.inflight);
     if (this.failure) await this.drain();
+    const writer = this.smallFileWriter(h);
+    if (writer) {
+      const sent = writer.add(path, rel, data, h);
+      if (sent) this.track(sent);
+      return;
+    }
     // only the open (path lookup, inode allocation: the slow part) goes to the thread pool;
     // the writes and metadata calls on the new fd are cheap and stay synchronous
     const task = new Promise<void>((resolve, reject) => {
@@ -332,14 +351,24 @@ class Applier {
         }
       });
     });
+    this.track(task);
+  }
+
+  private track(task: Promise<void>): void {
     const tracked: Promise<void> = task.then(
       () => { this.inflight.delete(tracked); },
       (err: unknown) => {
         this.inflight.delete(tracked);
-        this.failure ??= err;
+        this.failure ??= wrapFsError(err, (err as { rel?: string }).rel ?? '');
       },
     );
     this.inflight.add(tracked);
+  }
+
+  private smallFileWriter(h: TarHeader): SmallFileWriter | null {
+    if (h.xattrs !== undefined && h.xattrs.size > 0) return null;
+    if (this.writer === undefined && ++this.smallFiles > WRITER_AFTER_FILES) this.writer = SmallFileWriter.start(this.chown);
+    return this.writer ?? null;
   }
 
   /** Docker refuses symlinks whose target, taken lexically from the link's directory, climbs out. */

@@ -11,8 +11,9 @@ import { getAttributeSync } from '@napi-rs/xattr';
 import { createReadStream } from 'node:fs';
 import { PassThrough, Readable } from 'node:stream';
 import {
-  TarSplitRecorder, applyLayerTar, assembleTar, buildTar, changes, changesFromUpper, diffTar, readTar, tarDirectory, tarUpperDir, TYPE,
+  TarSplitRecorder, TarWriter, applyLayerTar, assembleTar, buildTar, changes, changesFromUpper, diffTar, readTar, tarDirectory, tarUpperDir, TYPE,
 } from '../../src/archive/index.js';
+import { isStrataError } from '../../src/errors.js';
 import { IS_ROOT, bufferStream, collect, hasTrustedXattrs, run, sha256, sink, snapshot, tempDir } from './helpers.js';
 
 let t: { dir: string; cleanup: () => void };
@@ -78,6 +79,48 @@ describe('apply metadata matches GNU tar extraction', () => {
     assert.equal(lstatSync(`${viaUs}/tmp`).mode & 0o7777, 0o1777);
     assert.equal(getAttributeSync(`${viaUs}/etc/passwd`, 'user.comment')?.toString(), 'xattr-value');
     assert.equal(lstatSync(`${viaUs}/etc`).mtimeMs, 1550000000 * 1000, 'directory mtimes set after their contents');
+  });
+
+  it('a layer of many small files (written in batches on the file writer thread) extracts identically with tar -xpf', async () => {
+    const src = fresh('many');
+    for (let i = 0; i < 900; i++) {
+      const d = `${src}/d${i % 13}/e${i % 5}`;
+      mkdirSync(d, { recursive: true });
+      const p = `${d}/f${i}`;
+      writeFileSync(p, Buffer.alloc(i % 7 === 0 ? 0 : (i * 37) % 5000 + (i % 50 === 0 ? 300_000 : 0), i % 251));
+      chmodSync(p, [0o644, 0o600, 0o755, 0o4755, 0o2750, 0o444][i % 6]!);
+      if (IS_ROOT) chownSync(p, 1000 + (i % 4), 2000 + (i % 3));
+      if (i % 97 === 0) run('setfattr', ['-n', 'user.note', '-v', `n${i}`, p]);
+      if (i % 101 === 0) linkSync(p, `${d}/hard${i}`);
+      if (i % 103 === 0) symlinkSync(`f${i}`, `${d}/sym${i}`);
+      utimesSync(p, 1_600_000_000 + i, 1_600_000_000 + i);
+    }
+    for (const d of readdirSync(src)) utimesSync(`${src}/${d}`, 1_550_000_000, 1_550_000_000);
+    const tar = run('tar', ['--format=posix', '--xattrs', '--xattrs-include=*', '--numeric-owner', '-cf', '-', '-C', src, '.']);
+    const viaTar = fresh('many-tar');
+    run('tar', ['--xattrs', '--xattrs-include=*', '--numeric-owner', '-xpf', '-', '-C', viaTar], { input: tar });
+    const viaUs = fresh('many-us');
+    await apply(viaUs, tar);
+    assert.deepEqual(snapshot(viaUs, { dirMtimes: false }), snapshot(viaTar, { dirMtimes: false }));
+    assert.deepEqual(snapshot(viaUs, { dirMtimes: false }), snapshot(src, { dirMtimes: false }));
+  });
+
+  it('a file the file writer thread cannot create fails the apply with a clear error', async () => {
+    const w = new TarWriter();
+    const parts: Buffer[] = [];
+    const done = (async () => { for await (const c of w) parts.push(c as Buffer); })();
+    await w.add({ name: 'd/', typeflag: TYPE.dir, mode: 0o755 });
+    for (let i = 0; i < 600; i++) await w.add({ name: `d/f${i}` }, Buffer.from(`file ${i}\n`));
+    await w.add({ name: `d/${'x'.repeat(300)}` }, Buffer.from('too long\n')); // ENAMETOOLONG, in a batch
+    for (let i = 600; i < 700; i++) await w.add({ name: `d/f${i}` }, Buffer.from(`file ${i}\n`));
+    await w.finish();
+    await done;
+    const target = fresh('writer-fails');
+    await assert.rejects(apply(target, Buffer.concat(parts)), (err: unknown) => {
+      assert.ok(isStrataError(err, 'INVALID_ARCHIVE'), String(err));
+      assert.match((err as Error).message, /x{300}|name too long/i);
+      return true;
+    });
   });
 
   it('diffTar(tree, null) is deterministic, GNU tar extracts it, and applying it rebuilds the tree', async () => {

@@ -1,0 +1,38 @@
+/**
+ * Worker side of SmallFileWriter (file-writer.ts): creates each file of a batch with the calls
+ * the applier would make (open O_EXCL|O_NOFOLLOW, write, chown, chmod, utimes, close), in order,
+ * and answers once per batch. The first failure ends the batch and is reported with its index.
+ */
+import { parentPort } from 'node:worker_threads';
+import { closeSync, constants, fchmodSync, fchownSync, futimesSync, openSync, writeSync } from 'node:fs';
+import type { BatchReply, FileBatch } from './file-writer.js';
+
+const O_CREATE_FILE = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
+const port = parentPort!;
+
+function write(batch: FileBatch): BatchReply {
+  const data = Buffer.from(batch.data);
+  for (let i = 0; i < batch.files.length; i++) {
+    const f = batch.files[i]!;
+    try {
+      const fd = openSync(f.path, O_CREATE_FILE, 0o600);
+      try {
+        for (let off = f.offset, end = f.offset + f.length; off < end;) off += writeSync(fd, data, off, end - off);
+        if (batch.chown) fchownSync(fd, f.uid, f.gid);
+        fchmodSync(fd, f.mode);
+        futimesSync(fd, f.atime, f.mtime);
+      } finally {
+        closeSync(fd);
+      }
+    } catch (err) {
+      const e = err as NodeJS.ErrnoException;
+      return { id: batch.id, data: batch.data, failed: { index: i, message: e.message, code: e.code, errno: e.errno, syscall: e.syscall } };
+    }
+  }
+  return { id: batch.id, data: batch.data };
+}
+
+port.on('message', (batch: FileBatch) => {
+  const reply = write(batch);
+  port.postMessage(reply, [reply.data]);
+});
