@@ -334,7 +334,7 @@ class Applier {
     const task = new Promise<void>((resolve, reject) => {
       openCb(path, O_CREATE_FILE, 0o600, (err, fd) => {
         if (err) {
-          reject(wrapFsError(err, rel));
+          reject(mapError(wrapFsError(err, rel), rel));
           return;
         }
         try {
@@ -359,7 +359,9 @@ class Applier {
       () => { this.inflight.delete(tracked); },
       (err: unknown) => {
         this.inflight.delete(tracked);
-        this.failure ??= wrapFsError(err, (err as { rel?: string }).rel ?? '');
+        // it surfaces at a later entry: name the one that failed (the file writer says which)
+        const rel = (err as { rel?: string }).rel;
+        this.failure ??= rel === undefined ? err : mapError(wrapFsError(err, rel), rel);
       },
     );
     this.inflight.add(tracked);

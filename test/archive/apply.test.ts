@@ -118,7 +118,7 @@ describe('apply metadata matches GNU tar extraction', () => {
     const target = fresh('writer-fails');
     await assert.rejects(apply(target, Buffer.concat(parts)), (err: unknown) => {
       assert.ok(isStrataError(err, 'INVALID_ARCHIVE'), String(err));
-      assert.match((err as Error).message, /x{300}|name too long/i);
+      assert.match((err as Error).message, new RegExp(`cannot apply d/${'x'.repeat(300)}: .*name too long`));
       return true;
     });
   });

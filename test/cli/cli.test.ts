@@ -104,6 +104,17 @@ describe('strata CLI (vfs)', () => {
     const info = await cli(['info']);
     assert.match(info, /Storage Driver: vfs/);
   });
+
+  it('imports a layer of many small files (the file writer thread of the built CLI); reads and fsck see them whole', async () => {
+    const ops = [dir('usr'), ...Array.from({ length: 600 }, (_, i) => file(`usr/f${i}`, `file ${i}\n`.repeat(i % 9), 0o600 + (i % 2) * 0o155))];
+    const tar = await layerTar(ops);
+    const id = await cli(['import', '-', 'many:1'], tar);
+    assert.match(id, /^sha256:/);
+    assert.equal(await cli(['cat', 'many:1', '/usr/f599']), 'file 599\n'.repeat(599 % 9).trim());
+    assert.match(await cli(['ls', '-l', 'many:1', '/usr/f1']), /^-rwxr-xr-x /);
+    assert.match(await cli(['ls', '-l', 'many:1', '/usr/f2']), /^-rw------- /);
+    assert.match(await cli(['fsck']), /clean/);
+  });
 });
 
 // The same reads on every directory-layer driver: vfs reads its full copy, overlay2 and aufs
