@@ -11,12 +11,12 @@
 import { mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PassThrough, type Readable } from 'node:stream';
-import { finished } from 'node:stream/promises';
+import type { Readable } from 'node:stream';
 import type { Change, Driver } from './drivers/driver.js';
 import { chooseDefaultDriver, openDriver } from './drivers/registry.js';
 import { strataError, isStrataError } from './errors.js';
 import { tarDirectory } from './archive/index.js';
+import { releaseAfter } from './util/release-after.js';
 import { type Digest, chainId, chainIds, goJson, goTime, hexOf } from './store/digest.js';
 import { MountRefs } from './drivers/mount-refs.js';
 import { LayerStore, randomHex, type LayerInfo } from './store/layer-store.js';
@@ -436,12 +436,7 @@ export class Strata {
   async exportContainer(nameOrId: string): Promise<Readable> {
     const { mount } = await this.mountOf(nameOrId);
     const dir = await this.driver.get(mount.mountId);
-    const out = new PassThrough();
-    const tar = tarDirectory(dir);
-    tar.on('error', (err) => out.destroy(err));
-    tar.pipe(out);
-    finished(out).catch(() => undefined).finally(() => void this.driver.put(mount.mountId).catch(() => undefined));
-    return out;
+    return releaseAfter(tarDirectory(dir), () => this.driver.put(mount.mountId));
   }
 
   // ---- system -------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 import type { Readable } from 'node:stream';
-import { finished } from 'node:stream/promises';
 import { lstat } from 'node:fs/promises';
 import { applyLayerTar, changes as compareTrees, diffTar } from '../archive/index.js';
 import type { Change } from './driver.js';
+import { releaseAfter } from '../util/release-after.js';
 
 /**
  * Diffing for drivers without a native differ (moby's NaiveDiffDriver): mount the layer and its
@@ -32,7 +32,7 @@ export async function naiveChanges(m: Mounter, id: string, parent: string | null
   return withMounts(m, id, parent, (dir, parentDir) => compareTrees(dir, parentDir));
 }
 
-/** The diff tar; the mounts are held until the stream ends, fails or is destroyed. */
+/** The diff tar; the mounts are held until the stream ends (it ends once they are released), fails or is destroyed. */
 export async function naiveDiff(m: Mounter, id: string, parent: string | null): Promise<Readable> {
   const dir = await m.get(id);
   let parentDir: string | null = null;
@@ -42,14 +42,13 @@ export async function naiveDiff(m: Mounter, id: string, parent: string | null): 
     await m.put(id);
     throw err;
   }
-  const stream = diffTar(dir, parentDir);
-  finished(stream).catch(() => undefined).finally(() => {
-    void (async () => {
+  return releaseAfter(diffTar(dir, parentDir), async () => {
+    try {
       if (parent) await m.put(parent);
+    } finally {
       await m.put(id);
-    })();
+    }
   });
-  return stream;
 }
 
 /** Apply onto the mounted layer, which must already hold a full view of `parent` (vfs, devicemapper). */

@@ -25,6 +25,7 @@ import { createGunzip } from 'node:zlib';
 import { createInterface } from 'node:readline';
 import { strataError, isErrno, isStrataError } from '../errors.js';
 import { fsyncDir, writeFileSynced } from '../util/atomic.js';
+import { releaseAfter } from '../util/release-after.js';
 import { type Digest, hexOf, parseDigest, sha256 } from './digest.js';
 import { diffDirInitTarget, mountedInitTarget, setupInitLayer } from './init-layer.js';
 import type { WriteTxn } from './write-lock.js';
@@ -203,19 +204,15 @@ export class LayerStore {
     const info = await this.get(chainId);
     const usesDiffDir = typeof this.driver.diffDirectory === 'function';
     const root = usesDiffDir ? await this.driver.diffDirectory!(info.cacheId) : await this.driver.get(info.cacheId);
-    const out = new PassThrough({ highWaterMark: 1 << 20 });
     const verifier = new DigestVerifier(info.diffId, `layer data for ${info.diffId}`);
     const tarSplit = createReadStream(join(this.layerDir(chainId), TAR_SPLIT));
     const assembled = new PassThrough({ highWaterMark: 1 << 20 });
     assembleTar(tarSplit, (name) => openInside(root, name), assembled)
       .then(() => assembled.end())
       .catch((err: unknown) => assembled.destroy(err as Error));
-    pipeline(assembled, verifier, out)
-      .catch(() => undefined)
-      .finally(() => {
-        if (!usesDiffDir) void this.driver.put(info.cacheId).catch(() => undefined);
-      });
-    return out;
+    // (pipeline: a reader that gives up destroys the assembly too)
+    pipeline(assembled, verifier).catch(() => undefined);
+    return usesDiffDir ? verifier : releaseAfter(verifier, () => this.driver.put(info.cacheId));
   }
 
   /** Length of the layer's tar, from tar-split alone (a save must know it before streaming). */
