@@ -61,6 +61,7 @@ const O_CREATE_FILE = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL 
 const PIPELINE_MAX = 1 << 20;
 /** Small files before the file writer's thread is started: a small layer is done sooner without. */
 const WRITER_AFTER_FILES = 256;
+const WRITER_BATCHES_IN_FLIGHT = 3;
 const IS_ROOT = typeof process.getuid === 'function' && process.getuid() === 0;
 
 interface PlnkFile { header: TarHeader; tmp: string }
@@ -325,6 +326,8 @@ class Applier {
     if (this.failure) await this.drain();
     const writer = this.smallFileWriter(h);
     if (writer) {
+      // two batches queued behind the one being written keep the thread busy; more only cost memory
+      while (writer.inFlight >= WRITER_BATCHES_IN_FLIGHT) await Promise.race(this.inflight);
       const sent = writer.add(path, rel, data, h);
       if (sent) this.track(sent);
       return;

@@ -118,6 +118,11 @@ export class SmallFileWriter {
     return done;
   }
 
+  /** Batches sent and not yet answered. */
+  get inFlight(): number {
+    return this.pending.size;
+  }
+
   /** Stop the thread (after the last batch was answered, or to abandon the rest). */
   close(): void {
     this.worker.removeAllListeners('exit');
