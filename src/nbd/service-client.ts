@@ -8,6 +8,7 @@ import { spawn } from 'node:child_process';
 import { open, readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { strataError, isErrno } from '../errors.js';
+import { processAlive } from '../util/process-alive.js';
 import { mkdirDurable } from '../util/atomic.js';
 import { servicePaths } from './service-paths.js';
 import { replyError, type ActiveDevice, type ServiceReply, type ServiceRequest, type SyncResult } from './service-protocol.js';
@@ -107,11 +108,7 @@ export async function stopService(root: string): Promise<boolean> {
   process.kill(pid, 'SIGTERM');
   const deadline = Date.now() + STOP_TIMEOUT_MS;
   while (Date.now() < deadline) {
-    try {
-      process.kill(pid, 0);
-    } catch {
-      return true;
-    }
+    if (!processAlive(pid)) return true;
     await new Promise((r) => setTimeout(r, 50));
   }
   throw strataError('LOCK_TIMEOUT', `the strata NBD service (pid ${pid}) did not stop within ${STOP_TIMEOUT_MS} ms`);

@@ -22,6 +22,7 @@ import type { Change, CreateOptions, Driver, DriverCapabilities, DriverOptions }
 import { strataError, isErrno } from '../../errors.js';
 import { MountRefs } from '../mount-refs.js';
 import { checkLayerId } from '../layer-id.js';
+import { layerIdsIn } from '../leftovers.js';
 import { naiveApplyDiff, naiveChanges, naiveDiff, naiveDiffSize } from '../naive-diff.js';
 import { writeFileAtomic } from '../../util/atomic.js';
 import { backingFsName } from '../backing-fs.js';
@@ -200,9 +201,8 @@ export class BtrfsDriver implements Driver {
   }
 
   /** Every layer id held (for fsck to find layers no record refers to). */
-  async layerIds(): Promise<string[]> {
-    const names = await readdir(this.subvolumes).catch(() => [] as string[]);
-    return names.filter((n) => !n.startsWith('.') && isValidId(n)).sort();
+  layerIds(): Promise<string[]> {
+    return layerIdsIn(this.subvolumes);
   }
 
   async cleanup(): Promise<void> {
@@ -245,15 +245,6 @@ export class BtrfsDriver implements Driver {
 
   diffSize(id: string, parent: string | null): Promise<number> {
     return naiveDiffSize(this, id, parent);
-  }
-}
-
-function isValidId(name: string): boolean {
-  try {
-    checkLayerId(name);
-    return true;
-  } catch {
-    return false;
   }
 }
 

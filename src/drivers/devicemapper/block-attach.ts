@@ -9,6 +9,7 @@ import { open, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { isErrno, strataError } from '../../errors.js';
 import { run } from './exec.js';
+import { processAlive } from '../../util/process-alive.js';
 
 const ATTACH_TIMEOUT_MS = 20_000;
 
@@ -17,15 +18,6 @@ function nbdUri(socket: string, exportName: string): string {
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /**
  * Serve `exportName` as the file `fuseFile` (nbdfuse mounted over a regular file) and attach a
@@ -49,7 +41,7 @@ export async function attachBlockDevice(fuseFile: string, socket: string, export
   for (;;) {
     const ready = await readFile(pidFile, 'utf8').then(() => true, () => false);
     if (ready && (await stat(fuseFile)).size === size) break;
-    if (pid === undefined || !alive(pid) || Date.now() > deadline) {
+    if (pid === undefined || !processAlive(pid) || Date.now() > deadline) {
       await fuseUnmount(fuseFile);
       throw strataError('MOUNT_FAILED', `devicemapper: nbdfuse did not serve ${exportName} (see ${logPath})`, { id: exportName });
     }
@@ -131,7 +123,7 @@ async function fuseUnmount(fuseFile: string, lazy = false): Promise<void> {
   // nbdfuse flushes and exits once unmounted; wait so its last writes have reached the service
   if (Number.isInteger(pid) && pid > 0) {
     const deadline = Date.now() + ATTACH_TIMEOUT_MS;
-    while (alive(pid) && Date.now() < deadline) await sleep(5);
+    while (processAlive(pid) && Date.now() < deadline) await sleep(5);
   }
   await rm(pidFile, { force: true }).catch((err: unknown) => {
     if (!isErrno(err, 'ENOENT')) throw err;

@@ -42,6 +42,7 @@ import { Activation, isMountpoint } from './activation.js';
 import { growFilesystem, setupBaseDevice } from './base-device.js';
 import { statusLines } from './status-figures.js';
 import { detachBlockDevice } from './block-attach.js';
+import { processAlive } from '../../util/process-alive.js';
 import { run } from './exec.js';
 import { withFileLock } from '../../util/file-lock.js';
 
@@ -287,14 +288,6 @@ export class DevicemapperDriver implements Driver {
   }
 }
 
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /** A sparse file of `size` bytes, unless the file already exists (its size is then kept). */
 async function createSparse(path: string, size: number): Promise<void> {
