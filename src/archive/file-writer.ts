@@ -1,4 +1,5 @@
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
+import { startWorker } from '../util/worker-thread.js';
 import type { TarHeader } from './tar/header.js';
 
 /**
@@ -71,12 +72,7 @@ export class SmallFileWriter {
   /** A writer with its thread started, or null where no worker thread can be started. */
   static start(chown: boolean): SmallFileWriter | null {
     try {
-      const entry = new URL(`./file-writer-worker${import.meta.url.endsWith('.ts') ? '.ts' : '.js'}`, import.meta.url);
-      // Under tsx (the tests) the worker is TypeScript too, and a worker does not inherit the
-      // loader: register it there first.
-      const worker = entry.pathname.endsWith('.ts')
-        ? new Worker(`import(${JSON.stringify(import.meta.resolve('tsx/esm/api'))}).then((api) => { api.register(); return import(${JSON.stringify(entry.href)}); });`, { eval: true })
-        : new Worker(entry);
+      const worker = startWorker('file-writer-worker', import.meta.url);
       return new SmallFileWriter(worker, chown);
     } catch {
       return null;

@@ -11,6 +11,7 @@ import { createRequire } from 'node:module';
 import { strataError, isErrno } from '../errors.js';
 import type { NbdExport, NbdExtent, WriteOptions, ZeroOptions } from './nbd-export.js';
 import { IoQueue } from './io-queue.js';
+import { dropFront } from './iovec.js';
 import { discarder } from '../util/discard.js';
 
 const require = createRequire(import.meta.url);
@@ -72,14 +73,6 @@ async function preadvAll(fd: number, bufs: Buffer[], position: number): Promise<
   }
 }
 
-function dropFront(bufs: Buffer[], n: number): Buffer[] {
-  let i = 0;
-  while (i < bufs.length && n >= bufs[i]!.length) n -= bufs[i++]!.length;
-  const rest = bufs.slice(i);
-  if (n > 0) rest[0] = rest[0]!.subarray(n);
-  return rest;
-}
-
 function seek(fd: number, offset: number, whence: number): Promise<number | null> {
   return new Promise((resolve, reject) => {
     fsExt.seek(fd, offset, whence, (err, pos) => {
@@ -103,6 +96,7 @@ export class FileExport implements NbdExport {
   readonly description?: string;
   readonly readOnly: boolean;
   readonly prefBlock = 4096;
+  readonly blockingFile: { readonly fd: number };
   readonly trim?: (offset: number, length: number, options: WriteOptions) => Promise<void>;
   private readonly punchHole: ((offset: number, length: number) => Promise<void>) | null;
 
@@ -110,6 +104,7 @@ export class FileExport implements NbdExport {
     this.name = options.name;
     if (options.description !== undefined) this.description = options.description;
     this.readOnly = options.readOnly === true;
+    this.blockingFile = { fd: handle.fd };
     this.punchHole = this.readOnly ? null : discarder(handle.fd, path, false);
     if (this.punchHole) this.trim = (offset, length, opts) => this.deallocate(offset, length, opts);
   }

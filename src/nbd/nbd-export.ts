@@ -45,6 +45,12 @@ export interface NbdExport {
   readonly minBlock?: number;
   readonly prefBlock?: number;
   readonly maxBlock?: number;
+  /**
+   * The export is the first `size` bytes of this open file (reading as zeroes past its end), and
+   * stays open while the server serves it: connections may then be served on threads with
+   * blocking calls to it (transmission-threads.ts), its methods called only for the rest.
+   */
+  readonly blockingFile?: { readonly fd: number };
 
   /** Fill `buf` from `offset` (the range is inside the export). */
   read(buf: Buffer, offset: number): Promise<void>;

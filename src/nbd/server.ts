@@ -18,6 +18,7 @@ import { strataError, isErrno } from '../errors.js';
 import { SocketReader } from './socket-reader.js';
 import { negotiate, type ExportLookup } from './handshake.js';
 import { serveTransmission } from './transmission.js';
+import { TransmissionThreads } from './transmission-threads.js';
 import type { NbdExport } from './nbd-export.js';
 
 /** Bytes read ahead of the requests being handled before the socket is paused: little, so that
@@ -31,13 +32,26 @@ export interface NbdServerOptions {
   log?: (message: string) => void;
   /** Drop clients that have not finished option haggling by then (default 30 s). */
   handshakeTimeoutMs?: number;
+  /**
+   * Serve connections to file-backed exports on threads with blocking I/O (transmission-threads.ts;
+   * default true): how many at once, or false to serve every connection on the event loop.
+   */
+  threads?: number | boolean;
 }
+
+/** Threads started with the first listener when a file-backed export is served. */
+const WARM_THREADS = 4;
 
 interface Connection {
   socket: Socket;
   reader: SocketReader;
   exportName: string | undefined;
   done: Promise<void>;
+  /** Stop taking requests; those in hand are answered, then the connection closes. */
+  hangUp(): void;
+  /** Break the connection now. */
+  destroy(): void;
+  threaded: boolean;
 }
 
 export class NbdServer implements ExportLookup {
@@ -46,9 +60,12 @@ export class NbdServer implements ExportLookup {
   private readonly unixPaths: string[] = [];
   private readonly connections = new Set<Connection>();
   private closing = false;
+  private readonly threads: TransmissionThreads | null;
 
   constructor(exports: NbdExport[] = [], private readonly options: NbdServerOptions = {}) {
     for (const exp of exports) this.addExport(exp);
+    const threads = options.threads ?? true;
+    this.threads = threads === false || threads === 0 ? null : new TransmissionThreads(typeof threads === 'number' ? { maxThreads: threads } : {});
   }
 
   find(name: string): NbdExport | undefined {
@@ -75,6 +92,13 @@ export class NbdServer implements ExportLookup {
     return this.connections.size;
   }
 
+  /** Connections being served on threads (transmission-threads.ts). */
+  get threadedCount(): number {
+    let n = 0;
+    for (const c of this.connections) if (c.threaded) n++;
+    return n;
+  }
+
   /**
    * Stop serving an export. Refused with DEVICE_BUSY while clients use it, unless `force`, which
    * hangs up on them first (their in-flight requests are finished, not abandoned).
@@ -87,7 +111,7 @@ export class NbdServer implements ExportLookup {
       throw strataError('DEVICE_BUSY', `export "${name}" is in use by ${users.length} client(s)`, { id: name });
     }
     this.exports.delete(name);
-    for (const c of users) c.reader.abort();
+    for (const c of users) c.hangUp();
     await Promise.all(users.map((c) => c.done));
     return exp;
   }
@@ -116,6 +140,7 @@ export class NbdServer implements ExportLookup {
     }
     this.listeners.push(server);
     this.unixPaths.push(path);
+    await this.warmThreads();
   }
 
   /** Listen on TCP; loopback unless `host` says otherwise. Resolves with the bound port. */
@@ -129,6 +154,7 @@ export class NbdServer implements ExportLookup {
       });
     });
     this.listeners.push(server);
+    await this.warmThreads();
     const addr = server.address();
     return typeof addr === 'object' && addr !== null ? addr.port : port;
   }
@@ -139,13 +165,18 @@ export class NbdServer implements ExportLookup {
     // a listener's close callback waits for its connections to end: hang up on them meanwhile
     const listening = Promise.all(this.listeners.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
     this.listeners.length = 0;
-    for (const c of this.connections) c.reader.abort();
-    const deadline = setTimeout(() => { for (const c of this.connections) c.socket.destroy(); }, 5000);
+    for (const c of this.connections) c.hangUp();
+    const deadline = setTimeout(() => { for (const c of this.connections) c.destroy(); }, 5000);
     await Promise.all([...this.connections].map((c) => c.done));
     clearTimeout(deadline);
+    await this.threads?.close();
     await listening;
     for (const path of this.unixPaths) await rm(path, { force: true });
     this.unixPaths.length = 0;
+  }
+
+  private async warmThreads(): Promise<void> {
+    if ([...this.exports.values()].some((e) => e.blockingFile)) await this.threads?.warm(WARM_THREADS);
   }
 
   private newListener(): Server {
@@ -161,7 +192,13 @@ export class NbdServer implements ExportLookup {
     }
     socket.setNoDelay(true);
     socket.on('error', () => { /* seen by the reader as EOF */ });
-    const conn: Connection = { socket, reader: new SocketReader(socket, RECEIVE_AHEAD, { receiveSlabs: true }), exportName: undefined, done: Promise.resolve() };
+    const reader = new SocketReader(socket, RECEIVE_AHEAD, { receiveSlabs: true });
+    const conn: Connection = {
+      socket, reader, exportName: undefined, done: Promise.resolve(),
+      hangUp: () => reader.abort(),
+      destroy: () => socket.destroy(),
+      threaded: false,
+    };
     this.connections.add(conn);
     conn.done = this.run(conn).finally(() => this.connections.delete(conn));
   }
@@ -174,9 +211,18 @@ export class NbdServer implements ExportLookup {
       clearTimeout(timer);
       if (!neg) return;
       conn.exportName = neg.export.name;
-      await serveTransmission(socket, reader, neg, {
-        onRequestError: (err) => this.options.log?.(`nbd ${neg.export.name}: ${err instanceof Error ? err.message : String(err)}`),
-      });
+      const hooks = {
+        onRequestError: (err: unknown) => this.options.log?.(`nbd ${neg.export.name}: ${err instanceof Error ? err.message : String(err)}`),
+      };
+      const threaded = this.closing ? null : this.threads?.take(socket, reader, neg, hooks);
+      if (threaded) {
+        conn.hangUp = threaded.hangUp;
+        conn.destroy = threaded.destroy;
+        conn.threaded = true;
+        await threaded.done;
+      } else {
+        await serveTransmission(socket, reader, neg, hooks);
+      }
     } catch (err) {
       if (!reader.closed) this.options.log?.(`nbd connection dropped: ${err instanceof Error ? err.message : String(err)}`);
     } finally {

@@ -79,6 +79,17 @@ export class SocketReader {
     w?.();
   }
 
+  /**
+   * Stop reading and take what is buffered beyond the last read (a connection handed on to be
+   * read some other way): later reads reject as after `abort()`.
+   */
+  detach(): Buffer {
+    this.socket.pause();
+    const rest = this.take(this.buffered, this.buffered > 0 ? Buffer.allocUnsafe(this.buffered) : undefined);
+    this.abort();
+    return rest;
+  }
+
   /** n bytes; copied into `into` (its first n bytes) when given. */
   async read(n: number, into?: Buffer): Promise<Buffer> {
     if (this.buffered < n || this.aborted) await this.fill(n);

@@ -9,7 +9,7 @@ import {
   decodeRequest, encodeSimpleReply, encodeDataChunkHeader, encodeNoneChunk, encodeErrorChunk,
   encodeBlockStatusChunk, REQUEST_HEADER_LENGTH, type Request,
 } from './request-codec.js';
-import { checkRequest } from './request-check.js';
+import { checkRequest, type CheckContext } from './request-check.js';
 import { shapeExtents } from './block-status.js';
 import { nbdErrnoFor } from './errno-map.js';
 import { blockSizesOf, BASE_ALLOCATION_ID, type Negotiated } from './handshake.js';
@@ -43,14 +43,7 @@ export async function serveTransmission(
   socket: Socket, reader: SocketReader, neg: Negotiated, hooks: TransmissionHooks = {},
 ): Promise<void> {
   const exp = neg.export;
-  const maxPayload = Math.min(blockSizesOf(exp).max, DEFAULT_MAX_PAYLOAD);
-  const ctx = {
-    size: exp.size,
-    readOnly: exp.readOnly === true,
-    structuredReplies: neg.structuredReplies,
-    metaContext: neg.metaContext,
-    maxPayload,
-  };
+  const ctx = checkContextOf(neg);
   const inflight = new Set<Promise<void>>();
   let inflightWrite = 0;
   let inflightRead = 0;
@@ -58,42 +51,23 @@ export async function serveTransmission(
   let slotFreed: (() => void) | undefined;
   const nextCompletion = (): Promise<void> => new Promise((resolve) => { slotFreed = resolve; });
   const pool = new BufferPool();
-
-  /** Write one reply in one burst; READ data goes back to the pool once written out. */
-  const send = (...bufs: Buffer[]): void => {
-    if (!socket.writable) return;
-    socket.cork();
-    for (const b of bufs) socket.write(b);
-    socket.uncork();
-  };
-  const sendData = (header: Buffer, data: Buffer): void => {
-    if (!socket.writable) return;
-    socket.cork();
-    socket.write(header);
-    socket.write(data, (err) => { if (!err) pool.put(data); });
-    socket.uncork();
-  };
-  const sendError = (req: Request, errno: number, message: string): void => {
-    // READ and BLOCK_STATUS answers must be structured once negotiated; others may be simple.
-    if (neg.structuredReplies && (req.type === CMD.READ || req.type === CMD.BLOCK_STATUS)) {
-      send(encodeErrorChunk(req.cookie, errno, message));
-    } else {
-      send(encodeSimpleReply(req.cookie, errno));
-    }
-  };
-
-  const run = async (req: Request, payload: Payload): Promise<void> => {
-    try {
-      await execute(exp, req, payload, neg, { send, sendData, pool });
-      // exports must not hold on to a WRITE payload once they have answered (see NbdExport)
-      if (Buffer.isBuffer(payload)) pool.put(payload);
-      else payload?.release();
-    } catch (err) {
-      if (payload && !Buffer.isBuffer(payload)) payload.release();
-      hooks.onRequestError?.(err, req);
-      const fastZero = (req.flags & CMD_FLAG.FAST_ZERO) !== 0;
-      sendError(req, nbdErrnoFor(err, fastZero), err instanceof Error ? err.message : String(err));
-    }
+  const out: Output = {
+    pool,
+    /** One reply in one burst. */
+    send: (...bufs) => {
+      if (!socket.writable) return;
+      socket.cork();
+      for (const b of bufs) socket.write(b);
+      socket.uncork();
+    },
+    /** READ data goes back to the pool once written out. */
+    sendData: (header, data) => {
+      if (!socket.writable) return;
+      socket.cork();
+      socket.write(header);
+      socket.write(data, (err) => { if (!err) pool.put(data); });
+      socket.uncork();
+    },
   };
 
   try {
@@ -127,28 +101,21 @@ export async function serveTransmission(
       const req = decodeRequest(header);
       let payload: Payload;
       if (req.type === CMD.WRITE) {
-        // the payload follows whatever we think of the request, so it is always consumed
-        if (req.length > maxPayload) {
-          await reader.skip(req.length);
-          sendError(req, NBD_ERR.EINVAL, `write of ${req.length} bytes exceeds ${maxPayload}`);
-          continue;
-        }
+        // the payload follows whatever we think of the request, so it is always consumed; one
+        // too large to take is skipped, and the check below refuses it
+        if (req.length > ctx.maxPayload) await reader.skip(req.length);
         // pieces straight from the socket when the export takes them (no copy), else one buffer
-        payload = exp.writev ? await reader.readv(req.length) : await reader.read(req.length, pool.get(req.length));
+        else payload = exp.writev ? await reader.readv(req.length) : await reader.read(req.length, pool.get(req.length));
       }
       if (req.type === CMD.DISC) break;
-      const errno = checkRequest(req, ctx);
-      if (errno !== 0) {
-        if (Buffer.isBuffer(payload)) pool.put(payload);
-        else payload?.release();
-        sendError(req, errno, 'request refused');
-        continue;
-      }
       const writing = req.type === CMD.WRITE ? req.length : 0;
       const reading = req.type === CMD.READ ? req.length : 0;
       inflightWrite += writing;
       inflightRead += reading;
-      const p: Promise<void> = run(req, payload).finally(() => {
+      const p: Promise<void> = answer(req, payload, neg, ctx, out, hooks).finally(() => {
+        // exports must not hold on to a WRITE payload once they have answered (see NbdExport)
+        if (Buffer.isBuffer(payload)) pool.put(payload);
+        else payload?.release();
         inflight.delete(p);
         inflightWrite -= writing;
         inflightRead -= reading;
@@ -164,11 +131,55 @@ export async function serveTransmission(
   }
 }
 
-/** A WRITE payload: one (pooled) buffer, or the socket's pieces for `writev`. */
-type Payload = Buffer | Received | undefined;
+/** What requests are checked against on a negotiated connection. */
+export function checkContextOf(neg: Negotiated): CheckContext {
+  const exp = neg.export;
+  return {
+    size: exp.size,
+    readOnly: exp.readOnly === true,
+    structuredReplies: neg.structuredReplies,
+    metaContext: neg.metaContext,
+    maxPayload: Math.min(blockSizesOf(exp).max, DEFAULT_MAX_PAYLOAD),
+  };
+}
 
-interface Output {
+/**
+ * Check one request and carry it out, answering through `out` whatever happens: a refused
+ * request or a failed export call is answered with its NBD error, and the connection carries on.
+ */
+export async function answer(
+  req: Request, payload: Payload, neg: Negotiated, ctx: CheckContext, out: Output, hooks: TransmissionHooks = {},
+): Promise<void> {
+  const errno = checkRequest(req, ctx);
+  if (errno !== 0) {
+    sendError(out, neg, req, errno, 'request refused');
+    return;
+  }
+  try {
+    await execute(neg.export, req, payload, neg, out);
+  } catch (err) {
+    hooks.onRequestError?.(err, req);
+    const fastZero = (req.flags & CMD_FLAG.FAST_ZERO) !== 0;
+    sendError(out, neg, req, nbdErrnoFor(err, fastZero), err instanceof Error ? err.message : String(err));
+  }
+}
+
+function sendError(out: Output, neg: Negotiated, req: Request, errno: number, message: string): void {
+  // READ and BLOCK_STATUS answers must be structured once negotiated; others may be simple.
+  if (neg.structuredReplies && (req.type === CMD.READ || req.type === CMD.BLOCK_STATUS)) {
+    out.send(encodeErrorChunk(req.cookie, errno, message));
+  } else {
+    out.send(encodeSimpleReply(req.cookie, errno));
+  }
+}
+
+/** A WRITE payload: one (pooled) buffer, or the socket's pieces for `writev`. */
+export type Payload = Buffer | Received | undefined;
+
+/** Where a connection's replies go: each `send` is one reply, never interleaved with another. */
+export interface Output {
   send(...bufs: Buffer[]): void;
+  /** A READ reply: `data` came from `pool` and goes back to it once written. */
   sendData(header: Buffer, data: Buffer): void;
   pool: BufferPool;
 }

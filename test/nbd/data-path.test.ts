@@ -1,16 +1,17 @@
-// The server's bulk data path: WRITE payloads kept as the socket delivered them (receive slabs,
-// reused across requests and connections) and written with pwritev, sequential requests merged
-// into one pwritev/preadv in FileExport. Many pipelined requests of awkward sizes from two
+// The server's bulk data paths: on threads (transmission-threads.ts), and on the event loop, where
+// WRITE payloads are kept as the socket delivered them (receive slabs, reused across requests
+// and connections) and written with pwritev, sequential requests merged into one pwritev/preadv
+// in FileExport. Many pipelined requests of awkward sizes from two
 // connections must land and read back intact.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { writeFile, truncate, readFile, stat } from 'node:fs/promises';
+import { writeFile, readFile, stat } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { NbdServer } from '../../src/nbd/server.js';
 import { FileExport } from '../../src/nbd/file-export.js';
 import { CMD, CMD_FLAG } from '../../src/nbd/protocol.js';
-import { RawClient, attach, tempDir } from './helpers.js';
+import { RawClient, attach, tempDir, until, serveSparseFile } from './helpers.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -40,19 +41,13 @@ async function readAll(c: RawClient, reads: Array<{ offset: number; length: numb
   return out;
 }
 
-test('pipelined writes of awkward sizes from two connections land intact; reads merge and read back', async () => {
-  const { dir, cleanup } = await tempDir('strata-nbd-data-');
-  const file = join(dir, 'disk');
+for (const threads of [true, false]) test(`pipelined writes of awkward sizes from two connections land intact; reads read back (${threads ? 'on threads' : 'on the event loop, merged'})`, async () => {
   const size = 48 * MiB;
-  await writeFile(file, '');
-  await truncate(file, size);
-  const exp = await FileExport.open(file, { name: 'disk' });
-  const server = new NbdServer([exp]);
-  const sock = join(dir, 'nbd.sock');
-  await server.listenUnix(sock);
+  const { file, server, sock, close } = await serveSparseFile(size, { threads });
   const model = Buffer.alloc(size);
   try {
     const [a, b] = [await attach(sock, 'disk'), await attach(sock, 'disk')];
+    await until(() => server.threadedCount === (threads ? 2 : 0));
     // each connection writes its own half: runs of adjacent writes (merged into one pwritev)
     // broken by gaps, sizes from 1 byte to 1.5 MiB so payloads straddle receive slabs
     const plan = (base: number): Array<{ offset: number; data: Buffer }> => {
@@ -88,9 +83,7 @@ test('pipelined writes of awkward sizes from two connections land intact; reads 
     a.close();
     b.close();
   } finally {
-    await server.close();
-    await exp.close();
-    await cleanup();
+    await close();
   }
 });
 
@@ -120,14 +113,7 @@ test('reads past the end of a short file come back as zeroes, merged or not', as
 });
 
 test('file export: TRIM and WRITE_ZEROES punch holes (the file gives its space back); NO_HOLE writes zeros instead', async () => {
-  const { dir, cleanup } = await tempDir('strata-nbd-trim-');
-  const file = join(dir, 'disk');
-  await writeFile(file, '');
-  await truncate(file, 8 * MiB);
-  const exp = await FileExport.open(file, { name: 'disk' });
-  const server = new NbdServer([exp]);
-  const sock = join(dir, 'nbd.sock');
-  await server.listenUnix(sock);
+  const { file, exp, sock, close } = await serveSparseFile(8 * MiB);
   const allocated = async () => (await stat(file)).blocks * 512;
   try {
     assert.ok(exp.trim, 'TRIM is offered where holes can be punched');
@@ -159,8 +145,6 @@ test('file export: TRIM and WRITE_ZEROES punch holes (the file gives its space b
     assert.ok(back!.equals(expected), 'trimmed and zeroed ranges read as zeros, the rest is intact');
     c.close();
   } finally {
-    await server.close();
-    await exp.close();
-    await cleanup();
+    await close();
   }
 });

@@ -1,7 +1,7 @@
 // Shared helpers for the NBD tests: temp dirs, async child processes (never spawnSync: the
 // server under test runs in this process and must keep serving), and a raw protocol client.
 import { spawn } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile, truncate } from 'node:fs/promises';
 import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -9,6 +9,8 @@ import { SocketReader } from '../../src/nbd/socket-reader.js';
 import { encodeRequest } from '../../src/nbd/request-codec.js';
 import assert from 'node:assert/strict';
 import { IHAVEOPT, OPT } from '../../src/nbd/protocol.js';
+import { FileExport } from '../../src/nbd/file-export.js';
+import { NbdServer } from '../../src/nbd/server.js';
 
 export async function tempDir(prefix = 'strata-nbd-'): Promise<{ dir: string; cleanup: () => Promise<void> }> {
   const dir = await mkdtemp(join(tmpdir(), prefix));
@@ -175,6 +177,38 @@ export function metaData(name: string, queries: string[]): Buffer {
     parts.push(l, qb);
   }
   return Buffer.concat(parts);
+}
+
+/** A server on a unix socket serving a fresh sparse file of `size` bytes as export `disk`. */
+export async function serveSparseFile(size: number, options: { threads?: boolean; dir?: string } = {}): Promise<{
+  file: string; exp: FileExport; server: NbdServer; sock: string; close(): Promise<void>;
+}> {
+  const own = options.dir ? null : await tempDir('strata-nbd-file-');
+  const dir = options.dir ?? own!.dir;
+  const file = join(dir, 'disk');
+  await writeFile(file, '');
+  await truncate(file, size);
+  const exp = await FileExport.open(file, { name: 'disk' });
+  const server = new NbdServer([exp], options.threads === undefined ? {} : { threads: options.threads });
+  const sock = join(dir, 'nbd.sock');
+  await server.listenUnix(sock);
+  return {
+    file, exp, server, sock,
+    close: async () => {
+      await server.close();
+      await exp.close();
+      await own?.cleanup();
+    },
+  };
+}
+
+/** Resolves once `cond()` holds (polled), or rejects after `ms`. */
+export async function until(cond: () => boolean, ms = 2000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error('timed out');
+    await new Promise((r) => setTimeout(r, 5));
+  }
 }
 
 /** Connect, haggle and GO on export `name`; the client is then in transmission. */

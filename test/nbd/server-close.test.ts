@@ -2,23 +2,12 @@
 // callback waits for its connections, so waiting for it first never returned).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { join } from 'node:path';
-import { writeFile, truncate } from 'node:fs/promises';
-import { NbdServer } from '../../src/nbd/server.js';
-import { FileExport } from '../../src/nbd/file-export.js';
-import { RawClient, attach, tempDir } from './helpers.js';
+import { RawClient, attach, serveSparseFile } from './helpers.js';
 
 const MiB = 1024 * 1024;
 
 test('close() with clients still connected hangs up on them instead of waiting for them', async () => {
-  const { dir, cleanup } = await tempDir('strata-nbd-data-');
-  const file = join(dir, 'disk');
-  await writeFile(file, '');
-  await truncate(file, MiB);
-  const exp = await FileExport.open(file, { name: 'disk' });
-  const server = new NbdServer([exp]);
-  const sock = join(dir, 'nbd.sock');
-  await server.listenUnix(sock);
+  const { server, sock, close } = await serveSparseFile(MiB);
   try {
     const idle = await attach(sock, 'disk');
     const haggling = await RawClient.connect(sock);
@@ -29,8 +18,6 @@ test('close() with clients still connected hangs up on them instead of waiting f
     assert.ok(await idle.closedWithin(2000));
     assert.ok(await haggling.closedWithin(2000));
   } finally {
-    await server.close();
-    await exp.close();
-    await cleanup();
+    await close();
   }
 });

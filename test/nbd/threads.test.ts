@@ -1,0 +1,167 @@
+// Connections to a file export served on threads with blocking I/O (transmission-threads.ts):
+// the thread answers READ, WRITE and FLUSH itself and hands everything else to the event loop,
+// which answers as on any connection. Checked here: the connection really is on a thread; what
+// it answers itself and what it hands over both come back right, in order, with the stream in
+// sync after refusals and failures; the same requests give the same answers with threads off.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { writeFile, truncate, readFile, mkdir } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { NbdServer } from '../../src/nbd/server.js';
+import { FileExport } from '../../src/nbd/file-export.js';
+import { CMD, CMD_FLAG, NBD_ERR, OPT } from '../../src/nbd/protocol.js';
+import { RawClient, attach, tempDir, run, until, goData, metaData, serveSparseFile } from './helpers.js';
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+
+/** Attach with base:allocation selected (so BLOCK_STATUS is allowed). */
+async function attachWithMeta(sock: string, name: string): Promise<RawClient> {
+  const c = await RawClient.connect(sock);
+  await c.greet();
+  c.sendOption(OPT.STRUCTURED_REPLY);
+  await c.readOptionReplies();
+  c.sendOption(OPT.SET_META_CONTEXT, metaData(name, ['base:allocation']));
+  await c.readOptionReplies();
+  c.sendOption(OPT.GO, goData(name));
+  const replies = await c.readOptionReplies();
+  assert.equal(replies[replies.length - 1]!.type, 1);
+  return c;
+}
+
+/** n simple replies, sorted by cookie (the event loop may answer pipelined requests out of order). */
+async function inCookieOrder(c: RawClient, n: number): Promise<unknown[]> {
+  const replies = [];
+  for (let i = 0; i < n; i++) replies.push(await c.readSimpleReply());
+  return replies.sort((x, y) => Number(x.cookie - y.cookie));
+}
+
+/** One scripted session; returns what the server answered, for comparing the two paths. */
+async function session(threads: boolean, data: Buffer): Promise<{ answers: unknown[]; file: Buffer; threaded: number }> {
+  const size = 8 * MiB;
+  const { file, server, sock, close } = await serveSparseFile(size, { threads });
+  const answers: unknown[] = [];
+  try {
+    const c = await attachWithMeta(sock, 'disk');
+    if (threads) await until(() => server.threadedCount === 1);
+    const threaded = server.threadedCount;
+    // pipelined writes of `data` (answered on the thread), then a FLUSH
+    c.sendRequest(CMD.WRITE, 0, 1n, 0, MiB, data.subarray(0, MiB));
+    c.sendRequest(CMD.WRITE, CMD_FLAG.FUA, 2n, MiB + 7, 2 * MiB, data.subarray(MiB, 3 * MiB));
+    c.sendRequest(CMD.FLUSH, 0, 3n, 0, 0);
+    answers.push(...await inCookieOrder(c, 3));
+    // read back across both writes (structured reply with the data)
+    c.sendRequest(CMD.READ, 0, 4n, MiB - 5, 64 * KiB);
+    const chunk = await c.readChunk();
+    answers.push({ type: chunk.type, cookie: chunk.cookie, offset: chunk.payload.readBigUInt64BE(0) });
+    const expected = Buffer.alloc(64 * KiB);
+    data.copy(expected, 0, MiB - 5, MiB);
+    data.copy(expected, 12, MiB, MiB + 64 * KiB - 12);
+    assert.ok(chunk.payload.subarray(8).equals(expected), 'read back');
+    // handed over: BLOCK_STATUS, TRIM, WRITE_ZEROES, CACHE
+    c.sendRequest(CMD.BLOCK_STATUS, 0, 5n, 0, size);
+    const bs = await c.readChunk();
+    answers.push({ type: bs.type, cookie: bs.cookie, extents: bs.payload.subarray(4).toString('hex') });
+    c.sendRequest(CMD.TRIM, 0, 6n, 4 * MiB, MiB);
+    c.sendRequest(CMD.WRITE_ZEROES, 0, 7n, 0, 4 * KiB);
+    c.sendRequest(CMD.CACHE, 0, 8n, 0, MiB);
+    answers.push(...await inCookieOrder(c, 3));
+    // refused: a READ past the end (structured error), a WRITE past the end (payload consumed),
+    // an oversize WRITE (payload skipped), an unknown flag; the stream stays in sync
+    c.sendRequest(CMD.READ, 0, 9n, size - 1, 2);
+    const refused = await c.readChunk();
+    answers.push({ type: refused.type, cookie: refused.cookie, errno: refused.payload.readUInt32BE(0) });
+    c.sendRequest(CMD.WRITE, 0, 10n, size - 4, 8, Buffer.alloc(8, 1));
+    answers.push(await c.readSimpleReply());
+    const big = Buffer.alloc(33 * MiB, 2);
+    c.sendRequest(CMD.WRITE, 0, 11n, 0, big.length, big);
+    answers.push(await c.readSimpleReply());
+    c.sendRequest(CMD.FLUSH, 1 << 12, 12n, 0, 0);
+    answers.push(await c.readSimpleReply());
+    // a zero-length READ (handed over) and then garbage: that client is hung up on
+    c.sendRequest(CMD.READ, 0, 13n, 0, 0);
+    const none = await c.readChunk();
+    answers.push({ type: none.type, cookie: none.cookie });
+    c.socket.write(Buffer.alloc(28, 0x55));
+    answers.push({ closed: await c.closedWithin(2000) });
+    return { answers, file: await readFile(file), threaded };
+  } finally {
+    await close();
+  }
+}
+
+test('file export on threads: served there, and every answer (own or handed over) matches the event-loop path', async () => {
+  const data = randomBytes(3 * MiB);
+  const onThreads = await session(true, data);
+  const onLoop = await session(false, data);
+  assert.equal(onThreads.threaded, 1, 'the connection was served on a thread');
+  assert.equal(onLoop.threaded, 0);
+  assert.deepEqual(onThreads.answers, onLoop.answers);
+  assert.ok(onThreads.file.equals(onLoop.file), 'the files end up the same');
+  // and the answers are the right ones, not just equal
+  const errs = onThreads.answers.map((a) => (a as { error?: number; errno?: number }).error ?? (a as { errno?: number }).errno);
+  assert.deepEqual(errs.slice(0, 3), [0, 0, 0]);
+  assert.deepEqual(errs.slice(5, 12), [0, 0, 0, NBD_ERR.EINVAL, NBD_ERR.ENOSPC, NBD_ERR.EINVAL, NBD_ERR.EINVAL]);
+  assert.deepEqual(onThreads.answers.at(-1), { closed: true });
+});
+
+test('file export on threads: a failing write (full filesystem) is answered ENOSPC and the connection goes on', async (t) => {
+  if (process.getuid?.() !== 0) return t.skip('needs root to mount a small tmpfs');
+  const { dir, cleanup } = await tempDir('strata-nbd-threads-');
+  const mnt = join(dir, 'small');
+  await mkdir(mnt);
+  await run('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', mnt]);
+  const file = join(mnt, 'disk');
+  await writeFile(file, '');
+  await truncate(file, 8 * MiB); // larger than the filesystem: writes past 1 MiB fail
+  const exp = await FileExport.open(file, { name: 'disk' });
+  const errors: string[] = [];
+  const server = new NbdServer([exp], { log: (m) => errors.push(m) });
+  const sock = join(dir, 'nbd.sock');
+  await server.listenUnix(sock);
+  try {
+    const c = await attach(sock, 'disk');
+    await until(() => server.threadedCount === 1);
+    c.sendRequest(CMD.WRITE, 0, 1n, 0, 512 * KiB, Buffer.alloc(512 * KiB, 1));
+    assert.equal((await c.readSimpleReply()).error, 0);
+    c.sendRequest(CMD.WRITE, 0, 2n, 2 * MiB, 2 * MiB, Buffer.alloc(2 * MiB, 2));
+    const full = await c.readSimpleReply();
+    assert.equal(full.cookie, 2n);
+    assert.equal(full.error, NBD_ERR.ENOSPC);
+    assert.ok(errors.some((e) => /ENOSPC/.test(e)), 'the failure reached the log');
+    c.sendRequest(CMD.READ, 0, 3n, 0, 16);
+    const r = await c.readSimpleReply(16);
+    assert.equal(r.error, 0);
+    assert.ok(r.data.equals(Buffer.alloc(16, 1)));
+    c.close();
+  } finally {
+    await server.close();
+    await exp.close();
+    await run('umount', [mnt]);
+    await cleanup();
+  }
+});
+
+test('close() and a forced removeExport() hang up on clients served on threads', async () => {
+  const { exp, server, sock, close } = await serveSparseFile(MiB);
+  try {
+    const a = await attach(sock, 'disk');
+    const b = await attach(sock, 'disk');
+    await until(() => server.threadedCount === 2);
+    await assert.rejects(server.removeExport('disk'), /in use/);
+    await server.removeExport('disk', { force: true });
+    assert.ok(await a.closedWithin(2000));
+    assert.ok(await b.closedWithin(2000));
+    assert.equal(server.connectionCount, 0);
+    server.addExport(exp);
+    const c = await attach(sock, 'disk');
+    await until(() => server.threadedCount === 1);
+    const t0 = Date.now();
+    await server.close();
+    assert.ok(Date.now() - t0 < 4000);
+    assert.ok(await c.closedWithin(2000));
+  } finally {
+    await close();
+  }
+});
