@@ -14,16 +14,18 @@ export function sh(cmd: string, args: string[]): Promise<string> {
 }
 
 /**
- * A 1 GiB sparse file with a fresh btrfs, loop-mounted; `dispose` unmounts and deletes it.
- * Returns why not instead where that cannot be done here.
+ * A sparse file of `bytes` with a fresh filesystem of `type`, loop-mounted; `dispose` unmounts and
+ * deletes it. Returns why not instead where that cannot be done here.
  */
-export async function scratchBtrfs(prefix = 'strata-btrfs-fs-'): Promise<{ mount: string; dispose: () => Promise<void> } | string> {
-  if (!isRoot) return 'needs root to loop-mount a scratch btrfs';
-  if (!/\tbtrfs$/m.test(await readFile('/proc/filesystems', 'utf8'))) await sh('modprobe', ['btrfs']).catch(() => undefined);
-  if (!/\tbtrfs$/m.test(await readFile('/proc/filesystems', 'utf8'))) return 'the kernel has no btrfs';
-  if (!(await sh('mkfs.btrfs', ['--version']).then(() => true, () => false))) return 'mkfs.btrfs (btrfs-progs) is not installed';
+export async function scratchFilesystem(type: 'btrfs' | 'ext4', bytes: number, prefix = `strata-${type}-fs-`): Promise<{ mount: string; dispose: () => Promise<void> } | string> {
+  if (!isRoot) return `needs root to loop-mount a scratch ${type}`;
+  const fsRow = new RegExp(`\\t${type}$`, 'm');
+  if (!fsRow.test(await readFile('/proc/filesystems', 'utf8'))) await sh('modprobe', [type]).catch(() => undefined);
+  if (!fsRow.test(await readFile('/proc/filesystems', 'utf8'))) return `the kernel has no ${type}`;
+  const mkfs = type === 'btrfs' ? ['mkfs.btrfs', '-q'] : ['mkfs.ext4', '-q', '-F'];
+  if (!(await sh(mkfs[0]!, ['-V']).then(() => true, () => false))) return `${mkfs[0]} is not installed`;
   const work = await mkdtemp(join(tmpdir(), prefix));
-  const image = join(work, 'btrfs.img');
+  const image = join(work, `${type}.img`);
   const mount = join(work, 'mnt');
   let mounted = false;
   const dispose = async () => {
@@ -36,8 +38,8 @@ export async function scratchBtrfs(prefix = 'strata-btrfs-fs-'): Promise<{ mount
   };
   try {
     await writeFile(image, '');
-    await truncate(image, 1 << 30);
-    await sh('mkfs.btrfs', ['-q', image]);
+    await truncate(image, bytes);
+    await sh(mkfs[0]!, [...mkfs.slice(1), image]);
     await mkdir(mount);
     await sh('mount', ['-o', 'loop', image, mount]);
     mounted = true;
@@ -46,4 +48,9 @@ export async function scratchBtrfs(prefix = 'strata-btrfs-fs-'): Promise<{ mount
     await dispose();
     throw err;
   }
+}
+
+/** A 1 GiB scratch btrfs (scratchFilesystem). */
+export function scratchBtrfs(prefix?: string): ReturnType<typeof scratchFilesystem> {
+  return scratchFilesystem('btrfs', 1 << 30, prefix);
 }
