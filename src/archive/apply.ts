@@ -54,6 +54,12 @@ export interface ApplyOptions {
 export interface ApplyResult {
   /** Sum of the entries' header sizes, what Docker's ApplyLayer returns. */
   size: number;
+  /**
+   * What a walk of the target would now count as its size (moby's directory.Size: the lstat
+   * size of every non-directory, each inode once), where the apply can tell without that walk:
+   * the target was empty and nothing this apply made was replaced or removed. Else undefined.
+   */
+  diskSize?: number;
 }
 
 const O_CREATE_FILE = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
@@ -87,6 +93,9 @@ class Applier {
   private writer: SmallFileWriter | null | undefined;
   private smallFiles = 0;
   size = 0;
+  /** The target's directory.Size so far, while `sizeKnown` (see ApplyResult.diskSize). */
+  diskSize = 0;
+  sizeKnown: boolean;
 
   constructor(readonly root: string, private readonly opts: ApplyOptions) {
     this.resolver = new RootResolver(root, {
@@ -98,6 +107,7 @@ class Applier {
     });
     this.concurrency = Math.max(1, opts.concurrency ?? 8);
     if (readdirSync(root).length === 0) this.freshDirs.add(root);
+    this.sizeKnown = this.freshDirs.has(root);
     this.lowerResolvers = (opts.lowerDirs ?? []).map((d) => new RootResolver(realpathSync(d), { create: false }));
     this.chown = opts.chown ?? IS_ROOT;
     this.devices = opts.devices ?? (IS_ROOT ? 'create' : 'error');
@@ -180,6 +190,7 @@ class Applier {
       for (const name of names) {
         const p = `${d}/${name}`;
         if (!this.unpacked.has(p)) {
+          this.sizeKnown = false;
           rmSync(p, { recursive: true, force: true });
           this.resolver.invalidate();
         } else if (lstatSync(p).isDirectory()) {
@@ -194,6 +205,7 @@ class Applier {
   private removeExisting(path: string): void {
     const st = lstatSync(path, { throwIfNoEntry: false });
     if (!st) return;
+    this.sizeKnown = false; // what went may have been counted
     if (st.isDirectory()) {
       rmSync(path, { recursive: true, force: true });
       this.resolver.invalidate();
@@ -230,6 +242,7 @@ class Applier {
       case TYPE.file:
       case TYPE.contiguous: {
         const fresh = this.isNew(parent, path);
+        this.diskSize += entry.dataSize;
         if (fresh && this.concurrency > 1 && entry.dataSize <= PIPELINE_MAX) {
           const data = await entry.readAll();
           this.created.add(path);
@@ -280,6 +293,7 @@ class Applier {
         this.checkSymlink(rel, h.linkname);
         if (parent === null) throw strataError('INVALID_ARCHIVE', 'the layer root cannot be a symlink', { path: h.name });
         this.retryOnExists(path, () => symlinkSync(h.linkname, path));
+        this.diskSize += h.linknameRaw.length; // a symlink's lstat size: its target's bytes
         if (this.chown) lchownSync(path, h.uid, h.gid);
         this.xattrs(path, h);
         lutimesSync(path, h.atime ?? h.mtime, h.mtime);
@@ -415,6 +429,7 @@ class Applier {
       if (!stashed) throw strataError('INVALID_ARCHIVE', `invalid aufs hardlink ${h.name} -> ${h.linkname}`, { path: h.name });
       this.removeExisting(path);
       copyFileSync(stashed.tmp, path, constants.COPYFILE_EXCL);
+      this.diskSize += stashed.header.size;
       this.setMeta(path, stashed.header);
       return;
     }
@@ -438,6 +453,7 @@ class Applier {
       if (!ls.isFile()) throw strataError('INVALID_ARCHIVE', `hardlink ${h.name}: lower target ${h.linkname} is not a regular file`, { path: h.name });
       this.removeExisting(path);
       copyFileSync(src, path, constants.COPYFILE_EXCL | constants.COPYFILE_FICLONE);
+      this.diskSize += ls.size;
       this.setMeta(path, h);
       return;
     }
@@ -523,5 +539,5 @@ export async function applyLayerTar(target: string, tar: Readable, opts: ApplyOp
   } finally {
     applier.cleanup();
   }
-  return { size: applier.size };
+  return applier.sizeKnown ? { size: applier.size, diskSize: applier.diskSize } : { size: applier.size };
 }

@@ -14,6 +14,7 @@ import {
   TarSplitRecorder, TarWriter, applyLayerTar, assembleTar, buildTar, changes, changesFromUpper, diffTar, readTar, tarDirectory, tarUpperDir, TYPE,
 } from '../../src/archive/index.js';
 import { isStrataError } from '../../src/errors.js';
+import { directorySize } from '../../src/drivers/overlay2/dir-size.js';
 import { IS_ROOT, bufferStream, collect, hasTrustedXattrs, run, sha256, sink, snapshot, tempDir } from './helpers.js';
 
 let t: { dir: string; cleanup: () => void };
@@ -372,5 +373,51 @@ describe('changes and diffTar against a parent', () => {
     await apply(rebuilt, tar);
     assert.deepEqual(snapshot(rebuilt), snapshot(layer));
     assert.deepEqual(await changes(rebuilt, layer), []);
+  });
+});
+
+describe("applyLayerTar's diskSize: a walk's size (moby directory.Size) without the walk", () => {
+  it('equals a walk of the target for files, hardlinks, symlinks (multibyte targets), fifos, devices and many small files', async () => {
+    const src = fresh('size-src');
+    richTree(src);
+    symlinkSync('ünï.txt', `${src}/utf8-link`);
+    mkdirSync(`${src}/many`);
+    for (let i = 0; i < 600; i++) writeFileSync(`${src}/many/f${i}`, 'x'.repeat(i)); // past the file writer's start
+    linkSync(`${src}/many/f599`, `${src}/many/f599.hard`);
+    const tar = run('tar', ['--format=posix', '--numeric-owner', '-cf', '-', '-C', src, '.']);
+    const target = fresh('size-target');
+    const { diskSize } = await apply(target, tar);
+    assert.equal(diskSize, await directorySize(target));
+    assert.ok(diskSize! > 70_000 + 600 * 299);
+  });
+
+  it('equals a walk of an overlay upper dir with whiteouts, an opaque dir and a hardlink copied up from a lower layer', async (ctx) => {
+    if (!IS_ROOT || !hasTrustedXattrs(t.dir)) return ctx.skip('needs root (mknod, trusted.* xattrs)');
+    const lower = fresh('size-lower');
+    writeFileSync(`${lower}/big`, Buffer.alloc(12_345, 1));
+    const upper = fresh('size-upper');
+    const tar = buildTar([
+      { header: { name: 'dir/', typeflag: TYPE.dir, mode: 0o40755 } },
+      { header: { name: 'dir/.wh..wh..opq' } },
+      { header: { name: 'dir/.wh.gone' } },
+      { header: { name: 'dir/kept' }, data: 'kept' },
+      { header: { name: 'dir/link-to-lower', typeflag: TYPE.link, linkname: 'big' } },
+      { header: { name: 'dir/sym', typeflag: TYPE.symlink, linkname: '../somewhere/else' } },
+    ]);
+    const { diskSize } = await apply(upper, tar, 'overlay', [lower]);
+    assert.equal(diskSize, 4 + 12_345 + '../somewhere/else'.length);
+    assert.equal(diskSize, await directorySize(upper));
+  });
+
+  it('is left unknown where a walk is needed: a target not empty, or an entry replaced within the layer', async () => {
+    const used = fresh('size-used');
+    writeFileSync(`${used}/already`, 'here');
+    const one = buildTar([{ header: { name: 'a' }, data: 'aaaa' }]);
+    assert.equal((await apply(used, one)).diskSize, undefined);
+    const replaced = fresh('size-replaced');
+    const twice = buildTar([{ header: { name: 'a' }, data: 'aaaa' }, { header: { name: 'a' }, data: 'bb' }]);
+    const result = await applyLayerTar(replaced, bufferStream(twice, 4096), { whiteouts: 'apply', allowDuplicates: true });
+    assert.equal(result.diskSize, undefined);
+    assert.equal(await directorySize(replaced), 2);
   });
 });

@@ -340,8 +340,10 @@ export class Overlay2Driver implements Driver {
     if (!(await this.native(id, parent))) return (await naive()).naiveApplyDiff(this, id, tar);
     const diffDir = join(this.dir(id), 'diff');
     // lowerDirs: a hardlink to a file of a lower layer is copied up, as overlay itself would.
-    await (await archive()).applyLayerTar(diffDir, tar, { whiteouts: 'overlay', lowerDirs: await this.lowerDirs(id) });
-    return directorySize(diffDir);
+    const applied = await (await archive()).applyLayerTar(diffDir, tar, { whiteouts: 'overlay', lowerDirs: await this.lowerDirs(id) });
+    // the size a walk of the diff dir gives (what dockerd records), known without the walk
+    // unless the apply replaced something
+    return applied.diskSize ?? directorySize(diffDir);
   }
 
   async diffSize(id: string, parent: string | null): Promise<number> {
