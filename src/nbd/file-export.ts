@@ -4,6 +4,10 @@
  * them. TRIM punches a hole, and so does WRITE_ZEROES unless the client forbids holes, as
  * nbdkit's file plugin does; where holes cannot be punched (no koffi), TRIM is not offered and
  * zeroing writes zero buffers, except where the range is already a hole.
+ *
+ * The file is the export's `blockingFile`: connections served on threads (transmission-threads.ts)
+ * read, write and flush it themselves and call these methods only for the other commands; those
+ * served on the event loop use them for everything.
  */
 import { open, type FileHandle } from 'node:fs/promises';
 import { writev as writevCb, readv as readvCb } from 'node:fs';

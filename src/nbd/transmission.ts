@@ -1,7 +1,9 @@
 /**
- * The transmission phase of one connection: read requests in order, run them concurrently
- * against the export, and write each reply as one corked burst so replies of different requests
- * never interleave mid-message (they may complete out of order, which the protocol allows).
+ * The transmission phase of one connection on the event loop: read requests in order, run them
+ * concurrently against the export, and write each reply as one corked burst so replies of
+ * different requests never interleave mid-message (they may complete out of order, which the
+ * protocol allows). `answer()` is also what answers the requests a transmission thread hands
+ * back (transmission-threads.ts).
  */
 import type { Socket } from 'node:net';
 import { CMD, CMD_FLAG, NBD_ERR, DEFAULT_MAX_PAYLOAD } from './protocol.js';

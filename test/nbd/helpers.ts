@@ -180,11 +180,10 @@ export function metaData(name: string, queries: string[]): Buffer {
 }
 
 /** A server on a unix socket serving a fresh sparse file of `size` bytes as export `disk`. */
-export async function serveSparseFile(size: number, options: { threads?: boolean; dir?: string } = {}): Promise<{
+export async function serveSparseFile(size: number, options: { threads?: number | boolean } = {}): Promise<{
   file: string; exp: FileExport; server: NbdServer; sock: string; close(): Promise<void>;
 }> {
-  const own = options.dir ? null : await tempDir('strata-nbd-file-');
-  const dir = options.dir ?? own!.dir;
+  const { dir, cleanup } = await tempDir('strata-nbd-file-');
   const file = join(dir, 'disk');
   await writeFile(file, '');
   await truncate(file, size);
@@ -197,7 +196,7 @@ export async function serveSparseFile(size: number, options: { threads?: boolean
     close: async () => {
       await server.close();
       await exp.close();
-      await own?.cleanup();
+      await cleanup();
     },
   };
 }

@@ -165,3 +165,28 @@ test('close() and a forced removeExport() hang up on clients served on threads',
     await close();
   }
 });
+
+test('past the thread limit, connections are served on the event loop, and both kinds serve the same file', async () => {
+  const { server, sock, close } = await serveSparseFile(MiB, { threads: 1 });
+  try {
+    const a = await attach(sock, 'disk');
+    await until(() => server.threadedCount === 1);
+    const b = await attach(sock, 'disk');
+    await until(() => server.connectionCount === 2);
+    assert.equal(server.threadedCount, 1, 'the second connection is not on a thread');
+    // what one writes, the other reads, whichever way each is served
+    a.sendRequest(CMD.WRITE, 0, 1n, 4096, 5, Buffer.from('hello'));
+    assert.equal((await a.readSimpleReply()).error, 0);
+    b.sendRequest(CMD.READ, 0, 2n, 4096, 5);
+    assert.equal((await b.readSimpleReply(5)).data.toString(), 'hello');
+    b.sendRequest(CMD.WRITE, 0, 3n, 8192, 5, Buffer.from('world'));
+    assert.equal((await b.readSimpleReply()).error, 0);
+    a.sendRequest(CMD.READ, 0, 4n, 8192, 5);
+    assert.equal((await a.readSimpleReply(5)).data.toString(), 'world');
+    a.close();
+    b.close();
+  } finally {
+    await close();
+  }
+});
+
