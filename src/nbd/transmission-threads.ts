@@ -20,7 +20,7 @@
  */
 import { MessageChannel, type MessagePort, type Worker } from 'node:worker_threads';
 import type { Socket } from 'node:net';
-import { loadLibc } from '../util/libc.js';
+import { libcBinding } from '../util/libc.js';
 import { startWorker } from '../util/worker-thread.js';
 import { BufferPool } from './buffer-pool.js';
 import { decodeRequest } from './request-codec.js';
@@ -76,19 +76,12 @@ const O_NONBLOCK = 0o4000;
 const SHUT_RD = 0;
 const SHUT_RDWR = 2;
 
-let calls: SocketCalls | null | undefined;
-
-function socketCalls(): SocketCalls | null {
-  if (calls !== undefined) return calls;
-  const libc = loadLibc();
-  calls = libc && {
-    dup: libc.func('int dup(int fd)') as SocketCalls['dup'],
-    fcntl: libc.func('int fcntl(int fd, int cmd, int arg)') as SocketCalls['fcntl'],
-    shutdown: libc.func('int shutdown(int fd, int how)') as SocketCalls['shutdown'],
-    close: libc.func('int close(int fd)') as SocketCalls['close'],
-  };
-  return calls;
-}
+const socketCalls = libcBinding<SocketCalls>((lib) => ({
+  dup: lib.func('int dup(int fd)') as SocketCalls['dup'],
+  fcntl: lib.func('int fcntl(int fd, int cmd, int arg)') as SocketCalls['fcntl'],
+  shutdown: lib.func('int shutdown(int fd, int how)') as SocketCalls['shutdown'],
+  close: lib.func('int close(int fd)') as SocketCalls['close'],
+}));
 
 export interface TransmissionThreadsOptions {
   /** Connections served on threads at once; past it, on the event loop. */

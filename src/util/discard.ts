@@ -1,4 +1,4 @@
-import { errnoError, loadLibc } from './libc.js';
+import { LP64_LITTLE_ENDIAN, errnoError, libcBinding } from './libc.js';
 
 /**
  * Giving byte ranges back to the storage underneath, which Node's fs cannot: fallocate(2)
@@ -12,19 +12,12 @@ const FALLOC_FL_KEEP_SIZE = 0x01;
 const FALLOC_FL_PUNCH_HOLE = 0x02;
 const BLKDISCARD = 0x1277; // _IO(0x12, 119)
 
-let calls: { fallocate: AsyncFn; ioctl: AsyncFn; errno(): number } | null | undefined;
-
-function load(): typeof calls {
-  if (calls !== undefined) return calls;
-  // the BLKDISCARD argument is two little-endian u64s
-  const lib = ['x64', 'arm64'].includes(process.arch) ? loadLibc() : null;
-  calls = lib && {
-    fallocate: lib.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)') as AsyncFn,
-    ioctl: lib.func('int ioctl(int fd, unsigned long request, void *arg)') as AsyncFn,
-    errno: () => lib.errno(),
-  };
-  return calls;
-}
+// (the BLKDISCARD argument is two little-endian u64s)
+const load = libcBinding((lib) => ({
+  fallocate: lib.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)') as AsyncFn,
+  ioctl: lib.func('int ioctl(int fd, unsigned long request, void *arg)') as AsyncFn,
+  errno: () => lib.errno(),
+}), LP64_LITTLE_ENDIAN);
 
 /**
  * A function that discards `[offset, offset + length)` of the open file or block device `fd`

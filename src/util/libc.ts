@@ -29,6 +29,25 @@ export function loadLibc(): Libc | null {
   return libc;
 }
 
+/**
+ * A lazily made set of libc functions: `bind(libc)` runs on the first call of the returned
+ * getter, which then always gives its result, or null where libc cannot load or `usable` is
+ * false (say, an ABI the callers' argument layouts do not fit).
+ */
+export function libcBinding<T>(bind: (lib: Libc) => T, usable = true): () => T | null {
+  let bound: T | null | undefined;
+  return () => {
+    if (bound === undefined) {
+      const lib = usable ? loadLibc() : null;
+      bound = lib && bind(lib);
+    }
+    return bound;
+  };
+}
+
+/** x86-64 and arm64: 64-bit little-endian, where the ioctl argument layouts here hold. */
+export const LP64_LITTLE_ENDIAN = ['x64', 'arm64'].includes(process.arch);
+
 export function errnoName(code: number): string {
   return Object.entries(constants.errno).find(([, v]) => v === code)?.[0] ?? `errno ${code}`;
 }

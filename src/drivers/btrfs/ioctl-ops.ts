@@ -1,6 +1,6 @@
 import { open } from 'node:fs/promises';
 import { constants as fsConstants } from 'node:fs';
-import { errnoError, loadLibc } from '../../util/libc.js';
+import { LP64_LITTLE_ENDIAN, errnoError, libcBinding } from '../../util/libc.js';
 import {
   BTRFS_IOC, BTRFS_QUOTA_CTL_ENABLE, qgroupDestroyArgs, qgroupLimitArgs, quotaCtlArgs, subvolIdLookupArgs, subvolIdOf, volArgs,
 } from './ioctl-args.js';
@@ -23,17 +23,13 @@ interface Binding {
   errno(): number;
 }
 
-let binding: Binding | null | undefined;
-
-function load(): Binding | null {
-  if (binding !== undefined) return binding;
-  // The argument layouts are little-endian 64-bit (ioctl-args.ts).
-  const lib = ['x64', 'arm64'].includes(process.arch) ? loadLibc() : null;
-  // ioctl(2) is variadic in libc; with one pointer argument the fixed-argument call is the
-  // same on the ABIs above (integer registers, no vector count needed).
-  binding = lib && { ioctl: lib.func('int ioctl(int fd, unsigned long request, void *arg)') as IoctlFn, errno: () => lib.errno() };
-  return binding;
-}
+// The argument layouts are little-endian 64-bit (ioctl-args.ts). ioctl(2) is variadic in libc;
+// with one pointer argument the fixed-argument call is the same on those ABIs (integer
+// registers, no vector count needed).
+const load = libcBinding<Binding>((lib) => ({
+  ioctl: lib.func('int ioctl(int fd, unsigned long request, void *arg)') as IoctlFn,
+  errno: () => lib.errno(),
+}), LP64_LITTLE_ENDIAN);
 
 async function withDirFd<T>(path: string, fn: (fd: number) => Promise<T>): Promise<T> {
   const handle = await open(path, fsConstants.O_RDONLY | fsConstants.O_DIRECTORY | fsConstants.O_NOFOLLOW);

@@ -2,7 +2,7 @@ import { execFile } from 'node:child_process';
 import { stat } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { strataError } from '../../errors.js';
-import { errnoName, loadLibc } from '../../util/libc.js';
+import { errnoName, libcBinding } from '../../util/libc.js';
 import type { MountSpec } from './mount-options.js';
 
 /**
@@ -20,18 +20,11 @@ interface Syscalls {
   errno(): number;
 }
 
-let syscalls: Syscalls | null | undefined;
-
-function libc(): Syscalls | null {
-  if (syscalls !== undefined) return syscalls;
-  const lib = loadLibc();
-  syscalls = lib && {
-    mount: lib.func('int mount(const char *source, const char *target, const char *fstype, unsigned long flags, const char *data)') as Syscalls['mount'],
-    umount2: lib.func('int umount2(const char *target, int flags)') as Syscalls['umount2'],
-    errno: () => lib.errno(),
-  };
-  return syscalls;
-}
+const libc = libcBinding<Syscalls>((lib) => ({
+  mount: lib.func('int mount(const char *source, const char *target, const char *fstype, unsigned long flags, const char *data)') as Syscalls['mount'],
+  umount2: lib.func('int umount2(const char *target, int flags)') as Syscalls['umount2'],
+  errno: () => lib.errno(),
+}));
 
 const MNT_DETACH = 2;
 
