@@ -67,8 +67,13 @@ export class Overlay2Driver implements Driver {
   }
 
   async init(): Promise<void> {
-    await mkdir(this.home, { recursive: true, mode: 0o710 });
-    await mkdir(join(this.home, LINK_DIR), { recursive: true, mode: 0o700 });
+    this.ensureHome();
+  }
+
+  /** The home and its short-link dir (synchronous: create calls it too, util/atomic.ts says why). */
+  private ensureHome(): void {
+    mkdirSync(this.home, { recursive: true, mode: 0o710 });
+    mkdirSync(join(this.home, LINK_DIR), { recursive: true, mode: 0o700 });
   }
 
   private dir(id: string): string {
@@ -108,8 +113,7 @@ export class Overlay2Driver implements Driver {
       if (parentLink === null) throw strataError('LAYER_NOT_FOUND', `parent layer ${parent} not found`, { id: parent });
       lower = childLower(parentLink.trim(), readOptionalSync(join(parentDir, 'lower')));
     }
-    mkdirSync(this.home, { recursive: true, mode: 0o710 });
-    mkdirSync(join(this.home, LINK_DIR), { recursive: true, mode: 0o700 });
+    this.ensureHome();
     mkdirSync(dir, { mode: 0o710 });
     try {
       mkdirSync(join(dir, 'diff'), { mode: 0o755 });
