@@ -12,6 +12,7 @@
  * error (ENOSPC/EDQUOT/EFBIG → NBD_ENOSPC, EROFS/EPERM/EACCES → NBD_EPERM); anything else is
  * answered NBD_EIO. The connection and the server carry on either way.
  */
+import type { BatchRequest, PlannedBatch } from '../thin/thin-device.js';
 
 /** One run of bytes with the same allocation state (`base:allocation`). */
 export interface NbdExtent {
@@ -46,11 +47,16 @@ export interface NbdExport {
   readonly prefBlock?: number;
   readonly maxBlock?: number;
   /**
-   * The export is the first `size` bytes of this open file (reading as zeroes past its end), and
-   * stays open while the server serves it: connections may then be served on threads with
-   * blocking calls to it (transmission-threads.ts), its methods called only for the rest.
+   * The export's bytes are in this open file, which stays open while the server serves it:
+   * connections may then be served on threads with blocking calls to it (transmission-threads.ts),
+   * the export's methods called only for the rest. Without `plan`, the export is the file's first
+   * `size` bytes (reading as zeroes past its end). With it, they are wherever `plan` puts each
+   * batch of reads and writes (a thin device's data blocks: ThinDevice.planBatch).
    */
-  readonly blockingFile?: { readonly fd: number };
+  readonly blockingFile?: {
+    readonly fd: number;
+    plan?(requests: readonly BatchRequest[]): Promise<PlannedBatch>;
+  };
 
   /** Fill `buf` from `offset` (the range is inside the export). */
   read(buf: Buffer, offset: number): Promise<void>;

@@ -33,8 +33,9 @@ export interface NbdServerOptions {
   /** Drop clients that have not finished option haggling by then (default 30 s). */
   handshakeTimeoutMs?: number;
   /**
-   * Serve connections to file-backed exports on threads with blocking I/O (transmission-threads.ts;
-   * default true): how many at once, or false to serve every connection on the event loop.
+   * Serve connections to file-backed exports (files, thin devices on a file or block device) on
+   * threads with blocking I/O (transmission-threads.ts; default true): how many at once, or false
+   * to serve every connection on the event loop.
    */
   threads?: number | boolean;
 }

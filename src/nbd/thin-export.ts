@@ -23,6 +23,8 @@ export class ThinExport implements NbdExport {
   readonly size: number;
   /** The pool's data block: writes of whole, aligned blocks avoid copy-on-write reads. */
   readonly prefBlock: number;
+  /** The pool's data file, where connections on threads read and write as planned. */
+  readonly blockingFile?: NbdExport['blockingFile'];
 
   constructor(readonly device: ThinDevice, options: ThinExportOptions) {
     this.name = options.name;
@@ -30,6 +32,8 @@ export class ThinExport implements NbdExport {
     this.readOnly = options.readOnly === true;
     this.size = device.size;
     this.prefBlock = device.pool.blockBytes;
+    const fd = device.pool.dataDevice.fd;
+    if (fd !== undefined) this.blockingFile = { fd, plan: (requests) => device.planBatch(requests) };
   }
 
   read(buf: Buffer, offset: number): Promise<void> {

@@ -1,5 +1,6 @@
 /**
- * Connections to file-backed exports served on threads with blocking I/O, as nbdkit serves them.
+ * Connections to file-backed exports (plain files, thin devices) served on threads with blocking
+ * I/O, as nbdkit serves them.
  *
  * Served from the event loop, every request costs thread hand-offs: the loop reads the socket,
  * a thread-pool thread does the pread/pwrite, the loop is woken to reply. On this VM a hand-off
@@ -14,10 +15,19 @@
  * answers READ, WRITE and FLUSH itself and hands every other request to the event loop, which
  * answers it with the same code as on any connection (transmission.ts `answer`).
  *
+ * A thin device's bytes are in the pool's data file too, but where is decided by the pool's
+ * metadata, which lives on the event loop (NbdExport.blockingFile.plan). Its connections' threads
+ * send the READs and WRITEs they have received as one batch for the event loop to plan
+ * (ThinDevice.planBatch: one mutex hold, one round trip) and do the data I/O themselves, WRITE
+ * payloads staying where they were received, in memory both threads share. While a plan is being
+ * made the thread goes on receiving, so the next batch holds what arrived meanwhile; the event
+ * loop signals its replies through an eventfd, so the thread can wait for either at once.
+ *
  * Threads are kept for later connections (up to `maxIdle`), and a few are started with the
  * server so the first clients do not wait for one to boot. Without koffi (no dup/fcntl/shutdown)
  * or past `maxThreads` connections, connections are served on the event loop as before.
  */
+import { writeSync } from 'node:fs';
 import { MessageChannel, type MessagePort, type Worker } from 'node:worker_threads';
 import type { Socket } from 'node:net';
 import { libcBinding } from '../util/libc.js';
@@ -28,6 +38,7 @@ import type { CheckContext } from './request-check.js';
 import type { Negotiated } from './handshake.js';
 import type { SocketReader } from './socket-reader.js';
 import { answer, checkContextOf, type Output, type TransmissionHooks } from './transmission.js';
+import type { BatchRequest, PlannedBatch, RequestPlan } from '../thin/thin-device.js';
 
 /** A connection for a thread (posted to it). */
 export interface ThreadJob {
@@ -39,9 +50,22 @@ export interface ThreadJob {
   /** The export's file (NbdExport.blockingFile). */
   fileFd: number;
   ctx: CheckContext;
-  /** Requests handed back: the thread posts `Handed`, waits on `signal`, takes the reply. */
+  /**
+   * Requests handed back: the thread posts a `ThreadCall`, waits on `signal`, takes the reply
+   * (`Handed` → the reply's bytes, `PlanCall` → a plan for each request, `Settled` → none).
+   */
   rpc: MessagePort;
   signal: SharedArrayBuffer;
+  /**
+   * Where the export is planned (NbdExport.blockingFile.plan): the connection's receive buffer,
+   * shared so the main thread plans WRITE payloads where they were received.
+   */
+  receiveBuffer?: SharedArrayBuffer;
+  /**
+   * An eventfd the main thread signals after each reply, for a planned export's connection: its
+   * thread waits for the reply or for more requests at once (poll), not for the reply alone.
+   */
+  wakeFd?: number;
 }
 
 /** A request the thread hands to the main thread: its header and WRITE payload. */
@@ -49,6 +73,23 @@ export interface Handed {
   header: Uint8Array;
   payload: Uint8Array | undefined;
 }
+
+/**
+ * A batch of READs and WRITEs to plan; a WRITE's payload is at `at` in the receive buffer.
+ * `settled`: the I/O of the batch planned before is done (said here when a batch follows at once,
+ * saving the main thread a wake-up).
+ */
+export interface PlanCall {
+  batch: Array<{ write: boolean; offset: number; length: number; at: number }>;
+  settled: boolean;
+}
+
+/** The I/O of the batch planned last is done (or given up), and no batch follows yet. */
+export interface Settled {
+  settled: true;
+}
+
+export type ThreadCall = Handed | PlanCall | Settled;
 
 /** What a thread posts: once its module has loaded, and after each connection. */
 export type ThreadMessage = { ready: true } | { done: number };
@@ -68,6 +109,7 @@ interface SocketCalls {
   fcntl(fd: number, cmd: number, arg: number): number;
   shutdown(fd: number, how: number): number;
   close(fd: number): number;
+  eventfd(initval: number, flags: number): number;
 }
 
 const F_GETFL = 3;
@@ -75,12 +117,23 @@ const F_SETFL = 4;
 const O_NONBLOCK = 0o4000;
 const SHUT_RD = 0;
 const SHUT_RDWR = 2;
+const EFD_NONBLOCK = 0o4000;
+const EFD_CLOEXEC = 0o2000000;
+/** What an eventfd is signalled with: a counter increment of 1 (8 bytes, host order). */
+const WAKE = new Uint8Array(new BigUint64Array([1n]).buffer);
+
+/**
+ * A planned export's receive buffer per connection: WRITE payloads wait there for their plan,
+ * so it bounds a batch (nbdcopy keeps 64 requests of 256 KiB in flight per connection).
+ */
+const RECEIVE_BUFFER_BYTES = 8 * 1024 * 1024;
 
 const socketCalls = libcBinding<SocketCalls>((lib) => ({
   dup: lib.func('int dup(int fd)') as SocketCalls['dup'],
   fcntl: lib.func('int fcntl(int fd, int cmd, int arg)') as SocketCalls['fcntl'],
   shutdown: lib.func('int shutdown(int fd, int how)') as SocketCalls['shutdown'],
   close: lib.func('int close(int fd)') as SocketCalls['close'],
+  eventfd: lib.func('int eventfd(unsigned int initval, int flags)') as SocketCalls['eventfd'],
 }));
 
 export interface TransmissionThreadsOptions {
@@ -139,8 +192,11 @@ export class TransmissionThreads {
       if (this.booting.size === 0 && this.serving.size < this.maxThreads) this.spawn();
       return null;
     }
-    const connFd = c.dup(fd);
+    const plan = file.plan?.bind(file);
+    const wakeFd = plan ? c.eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC) : -1;
+    const connFd = plan && wakeFd < 0 ? -1 : c.dup(fd);
     if (connFd < 0) {
+      if (wakeFd >= 0) c.close(wakeFd);
       this.idle.push(worker);
       return null;
     }
@@ -153,37 +209,65 @@ export class TransmissionThreads {
     const channel = new MessageChannel();
     const signal = new SharedArrayBuffer(4);
     const wake = new Int32Array(signal);
+    const reply = (message: unknown): void => {
+      channel.port1.postMessage(message);
+      if (wakeFd >= 0) {
+        writeSync(wakeFd, WAKE);
+      } else {
+        Atomics.store(wake, 0, 1);
+        Atomics.notify(wake, 0);
+      }
+    };
     const replies: Buffer[] = [];
     const out: Output = {
       pool: new BufferPool(0), // (replies are copied to the thread: nothing to recycle)
       send: (...bufs) => void replies.push(...bufs),
       sendData: (header, data) => void replies.push(header, data),
     };
-    channel.port1.on('message', (msg: Handed) => {
-      const req = decodeRequest(Buffer.from(msg.header));
-      // (answer() answers failures itself; the thread is woken whatever happens)
-      void answer(req, msg.payload && Buffer.from(msg.payload), neg, ctx, out, hooks).catch(() => undefined).then(() => {
-        const reply = replies.splice(0).map((b) => new Uint8Array(b));
-        channel.port1.postMessage(reply);
-        Atomics.store(wake, 0, 1);
-        Atomics.notify(wake, 0);
-      });
+    const receiveBuffer = plan ? new SharedArrayBuffer(Math.max(RECEIVE_BUFFER_BYTES, 2 * leftover.length)) : undefined;
+    const received = receiveBuffer && Buffer.from(receiveBuffer);
+    let planned: PlannedBatch | null = null;
+    let open = true;
+    channel.port1.on('message', (msg: ThreadCall) => {
+      if ('settled' in msg && msg.settled) {
+        planned?.settle();
+        planned = null;
+      }
+      if ('batch' in msg) {
+        const requests = msg.batch.map((r): BatchRequest => r.write
+          ? { kind: 'write', offset: r.offset, data: received!.subarray(r.at, r.at + r.length) }
+          : { kind: 'read', offset: r.offset, length: r.length });
+        // a plan that fails leaves every request to the ordinary path, which answers the error
+        void plan!(requests).then((batch) => {
+          if (open) planned = batch;
+          else batch.settle(); // the thread has let go of the connection meanwhile
+          return batch.plans;
+        }, (): RequestPlan[] => requests.map(() => 'alone')).then(reply);
+      } else if ('header' in msg) {
+        const req = decodeRequest(Buffer.from(msg.header));
+        // (answer() answers failures itself; the thread is woken whatever happens)
+        void answer(req, msg.payload && Buffer.from(msg.payload), neg, ctx, out, hooks).catch(() => undefined).then(() => {
+          reply(replies.splice(0).map((b) => new Uint8Array(b)));
+        });
+      }
     });
 
-    let open = true;
     let finished!: () => void;
     const done = new Promise<void>((resolve) => { finished = resolve; });
     const finish = (): void => {
       if (!open) return;
       open = false;
+      planned?.settle();
       this.serving.delete(id);
       channel.port1.close();
       c.close(connFd);
+      if (wakeFd >= 0) c.close(wakeFd);
       finished();
     };
     this.serving.set(id, { worker, finish });
     worker.ref();
     const job: ThreadJob = { id, socketFd: connFd, leftover, fileFd: file.fd, ctx, rpc: channel.port2, signal };
+    if (receiveBuffer) Object.assign(job, { receiveBuffer, wakeFd });
     worker.postMessage(job, [channel.port2]);
     return {
       done,

@@ -10,6 +10,8 @@ import { discarder } from '../util/discard.js';
  * reads); `write` is volatile until `flush` returns, like a disk with a write cache.
  */
 export interface BlockDevice {
+  /** The open file behind it, for callers that do their own I/O on it (NBD threads). */
+  readonly fd?: number;
   /** Current size in bytes. */
   size(): Promise<number>;
   read(buf: Buffer, offset: number): Promise<void>;
@@ -30,6 +32,10 @@ export class FileBlockDevice implements BlockDevice {
   private constructor(private readonly handle: FileHandle, readonly path: string, blockDevice: boolean) {
     const discard = discarder(handle.fd, path, blockDevice);
     if (discard) this.discard = discard;
+  }
+
+  get fd(): number {
+    return this.handle.fd;
   }
 
   static async open(path: string, options: { readOnly?: boolean } = {}): Promise<FileBlockDevice> {

@@ -14,6 +14,45 @@ interface PendingWrite {
   data: Buffer;
 }
 
+/** A run of a request's bytes and where they are on the pool's data device. */
+export interface DataRun {
+  /** Offset within the request's buffer. */
+  at: number;
+  dataOffset: number;
+  length: number;
+}
+
+export type BatchRequest =
+  | { kind: 'read'; offset: number; length: number }
+  | { kind: 'write'; offset: number; data: Buffer };
+
+/**
+ * What to do with one request of a batch (ThinDevice.planBatch). Runs: carry out its data I/O (a
+ * read fills these runs from the data device and zeros the rest; a write writes these runs of its
+ * data, and may have none left to write). 'later': not planned, ask again in a later batch.
+ * 'alone': do it the ordinary way (`read`/`write`), which also answers any error it meets.
+ */
+export type RequestPlan = DataRun[] | 'later' | 'alone';
+
+export interface PlannedBatch {
+  plans: RequestPlan[];
+  /** The caller's I/O is done (or abandoned): the blocks it wrote may be read, commits go on. */
+  settle(): void;
+}
+
+/** Zero the parts of a read's buffer that no run fills: unmapped blocks read as zeros. */
+export function zeroOutside(buf: Buffer, runs: readonly DataRun[]): void {
+  let pos = 0;
+  for (const r of runs) {
+    if (r.at > pos) buf.fill(0, pos, r.at);
+    pos = r.at + r.length;
+  }
+  if (pos < buf.length) buf.fill(0, pos);
+}
+
+/** A batch member that cannot be planned now (it would need a commit mid-batch). */
+class NotNow extends Error {}
+
 /**
  * One thin device of a pool (dm's `thin` target): a virtual block device of `size` bytes whose
  * blocks are provisioned from the pool on first write.
@@ -56,45 +95,55 @@ export class ThinDevice {
   async read(buf: Buffer, offset: number): Promise<void> {
     await this.enter(offset, buf.length);
     const pool = this.pool;
-    const runs: Array<{ into: Buffer; at: number }> = [];
     const landing = new Set<Promise<void>>();
     // Look up under the mutex; read the data after it, concurrently with other requests, once
     // writes still landing on those blocks are done (Pool.landingOn). The blocks stay ours until
     // the next commit, which waits for these reads (Pool.drainIo).
     const issue = await pool.locked(async () => {
-      const bs = pool.blockBytes;
-      const end = offset + buf.length;
-      const map = await this.mappings(offset, end);
-      for (let pos = offset; pos < end;) {
-        const vb = Math.floor(pos / bs);
-        const n = Math.min(bs - (pos - vb * bs), end - pos);
-        const m = map.get(vb);
-        if (!m) {
-          buf.fill(0, pos - offset, pos - offset + n);
-          pos += n;
-          continue;
-        }
-        // extend over following blocks mapped to consecutive data blocks: one read
-        let runEnd = pos + n;
-        for (let next = m.block + 1; runEnd < end && map.get(runEnd / bs)?.block === next; next++) {
-          runEnd += Math.min(bs, end - runEnd);
-        }
-        const at = m.block * bs + (pos - vb * bs);
-        runs.push({ into: buf.subarray(pos - offset, runEnd - offset), at });
-        pool.landingOn(m.block, Math.floor((at + (runEnd - pos) - 1) / bs), landing);
-        pos = runEnd;
-      }
+      const runs = await this.planRead(offset, buf.length, landing);
+      zeroOutside(buf, runs);
       if (runs.length === 0) return { reading: undefined };
       // counted before the mutex is let go, so no commit slips in between (and wrapped: a
       // promise returned as is would be awaited with the mutex held)
       return {
         reading: pool.unlockedIoRun(async () => {
           if (landing.size > 0) await Promise.all(landing);
-          await Promise.all(runs.map((r) => pool.dataDevice.read(r.into, r.at)));
+          await Promise.all(runs.map((r) => pool.dataDevice.read(buf.subarray(r.at, r.at + r.length), r.dataOffset)));
         }),
       };
     });
     await issue.reading;
+  }
+
+  /**
+   * Where a read of [offset, offset+length) finds its data: runs of consecutive data blocks, the
+   * rest unmapped (zeros). Writes still landing on those blocks are added to `landing`. Mutex held.
+   */
+  private async planRead(offset: number, length: number, landing: Set<Promise<void>>): Promise<DataRun[]> {
+    const pool = this.pool;
+    const bs = pool.blockBytes;
+    const end = offset + length;
+    const map = await this.mappings(offset, end);
+    const runs: DataRun[] = [];
+    for (let pos = offset; pos < end;) {
+      const vb = Math.floor(pos / bs);
+      const n = Math.min(bs - (pos - vb * bs), end - pos);
+      const m = map.get(vb);
+      if (!m) {
+        pos += n;
+        continue;
+      }
+      // extend over following blocks mapped to consecutive data blocks: one read
+      let runEnd = pos + n;
+      for (let next = m.block + 1; runEnd < end && map.get(runEnd / bs)?.block === next; next++) {
+        runEnd += Math.min(bs, end - runEnd);
+      }
+      const dataOffset = m.block * bs + (pos - vb * bs);
+      runs.push({ at: pos - offset, dataOffset, length: runEnd - pos });
+      pool.landingOn(m.block, Math.floor((dataOffset + (runEnd - pos) - 1) / bs), landing);
+      pos = runEnd;
+    }
+    return runs;
   }
 
   async write(buf: Buffer, offset: number, opts: { fua?: boolean } = {}): Promise<void> {
@@ -121,6 +170,24 @@ export class ThinDevice {
    */
   private async writeLocked(buf: Buffer, offset: number): Promise<{ landed: Promise<void> | undefined }> {
     const pool = this.pool;
+    const writes = await this.mapForWrite(buf, offset, true);
+    let landed: Promise<void> | undefined;
+    if (writes.length > 0) {
+      landed = pool.unlockedIoRun(() => writeCoalesced(pool.dataDevice, writes));
+      this.markLanding(writes, landed);
+    }
+    await pool.maybeAutoCommit(); // (a commit waits for `landed`)
+    return { landed };
+  }
+
+  /**
+   * Provision and break sharing for a write of `buf` at `offset`, mutex held: the data writes it
+   * needs, not yet issued. Where allocating needs a commit (only blocks freed in this transaction
+   * are left) and `mayCommit` is false, throws NotNow first; data of blocks mapped by then is
+   * written before anything throws, so no mapping ever points at a block without its data.
+   */
+  private async mapForWrite(buf: Buffer, offset: number, mayCommit: boolean): Promise<PendingWrite[]> {
+    const pool = this.pool;
     pool.assertWritable();
     const md = pool.md;
     const bs = pool.blockBytes;
@@ -137,6 +204,10 @@ export class ThinDevice {
       if (writes.length === 0) return;
       pool.markDataDirty();
       await writeCoalesced(pool.dataDevice, writes.splice(0));
+    };
+    const beforeCommit = async (): Promise<void> => {
+      if (!mayCommit) throw new NotNow();
+      await issue();
     };
     try {
       for (let pos = offset; pos < end;) {
@@ -162,7 +233,7 @@ export class ThinDevice {
           at = 0;
         }
         md.ensureMetadataSpace();
-        const block = await pool.allocDataBlock(issue);
+        const block = await pool.allocDataBlock(beforeCommit);
         writes.push({ offset: block * bs + at, data });
         await pool.mutate(() => md.insertMapping(this.id, vb, block));
       }
@@ -171,15 +242,107 @@ export class ThinDevice {
       await issue();
       throw err;
     }
-    let landed: Promise<void> | undefined;
-    if (writes.length > 0) {
-      pool.markDataDirty();
-      const batch = writes.splice(0);
-      landed = pool.unlockedIoRun(() => writeCoalesced(pool.dataDevice, batch));
-      for (const w of batch) pool.dataLanding(Math.floor(w.offset / bs), Math.floor((w.offset + w.data.length - 1) / bs), landed);
+    if (writes.length > 0) pool.markDataDirty();
+    return writes;
+  }
+
+  /** Mark the data blocks `writes` cover as landing until `landed`. */
+  private markLanding(writes: readonly PendingWrite[], landed: Promise<void>): void {
+    const bs = this.pool.blockBytes;
+    for (const w of writes) this.pool.dataLanding(Math.floor(w.offset / bs), Math.floor((w.offset + w.data.length - 1) / bs), landed);
+  }
+
+  /**
+   * Plan a batch of reads and writes whose data I/O the caller carries out itself on the data
+   * device's file (an NBD connection's thread: transmission-threads.ts), so that a batch costs
+   * the caller one round trip and the metadata work one mutex hold.
+   *
+   * Requests are planned in order. Planning stops, leaving the rest 'later', at a request that
+   * touches a block an earlier one of the batch touches (whose I/O has not happened yet), or that
+   * needs a commit once earlier ones have I/O pending (the commit would wait for this batch).
+   * Blocks that must be built here (copied to break sharing, zeroed around a partial write) are
+   * written before the plan is returned. Until `settle()`, blocks the caller writes are landing
+   * and commits wait, as for `write`'s own I/O; every batch must be settled, used or not.
+   */
+  async planBatch(requests: readonly BatchRequest[]): Promise<PlannedBatch> {
+    while (this.gate) await this.gate.promise;
+    const pool = this.pool;
+    const plans: RequestPlan[] = requests.map(() => 'later');
+    let settle!: () => void;
+    const ioDone = new Promise<void>((resolve) => (settle = resolve));
+    const landing = new Set<Promise<void>>();
+    const builtHere: Array<{ index: number; written: Promise<void> }> = [];
+    await pool.locked(async () => {
+      if (this.closed) {
+        plans.fill('alone');
+        return;
+      }
+      // (a commit here waits for other batches' I/O, never for this one's)
+      await pool.maybeAutoCommit();
+      const bs = pool.blockBytes;
+      const touched = new Set<number>();
+      const callerWrites: PendingWrite[] = [];
+      let ioPending = false;
+      for (let i = 0; i < requests.length; i++) {
+        const r = requests[i]!;
+        const length = r.kind === 'read' ? r.length : r.data.length;
+        if (length === 0 || r.offset < 0 || r.offset + length > this.size) {
+          plans[i] = 'alone';
+          continue;
+        }
+        const first = Math.floor(r.offset / bs);
+        const last = Math.floor((r.offset + length - 1) / bs);
+        let overlaps = false;
+        for (let vb = first; vb <= last && !overlaps; vb++) overlaps = touched.has(vb);
+        if (overlaps) break;
+        for (let vb = first; vb <= last; vb++) touched.add(vb);
+        try {
+          if (r.kind === 'read') {
+            const runs = await this.planRead(r.offset, length, landing);
+            plans[i] = runs;
+            ioPending ||= runs.length > 0;
+            continue;
+          }
+          const writes = await this.mapForWrite(r.data, r.offset, !ioPending);
+          const runs: DataRun[] = [];
+          const here: PendingWrite[] = [];
+          for (const w of writes) {
+            const at = w.data.byteOffset - r.data.byteOffset;
+            if (w.data.buffer === r.data.buffer && at >= 0 && at + w.data.length <= r.data.length) {
+              runs.push({ at, dataOffset: w.offset, length: w.data.length });
+              callerWrites.push(w);
+            } else {
+              here.push(w);
+            }
+          }
+          plans[i] = runs;
+          ioPending ||= writes.length > 0;
+          if (here.length > 0) {
+            const written = writeCoalesced(pool.dataDevice, here);
+            written.catch(() => undefined);
+            builtHere.push({ index: i, written });
+            this.markLanding(here, written);
+          }
+        } catch (err) {
+          if (err instanceof NotNow) {
+            plans.fill('later', i);
+            break;
+          }
+          // the ordinary path tries again and answers with the error it meets
+          plans[i] = 'alone';
+          ioPending = true; // (blocks it mapped before failing were written, but be safe)
+        }
+      }
+      // counted before the mutex is let go, so no commit slips in between
+      const landed = Promise.allSettled([ioDone, ...builtHere.map((b) => b.written)]).then(() => undefined);
+      void pool.unlockedIoRun(() => landed);
+      this.markLanding(callerWrites, landed);
+    });
+    for (const { index, written } of builtHere) {
+      await written.catch(() => void (plans[index] = 'alone'));
     }
-    await pool.maybeAutoCommit(); // (a commit waits for `landed`)
-    return { landed };
+    if (landing.size > 0) await Promise.allSettled(landing);
+    return { plans, settle };
   }
 
   /** Unmap whole blocks inside the range; their data blocks are freed when no longer shared. */

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { SocketReader } from '../../src/nbd/socket-reader.js';
 import { encodeRequest } from '../../src/nbd/request-codec.js';
 import assert from 'node:assert/strict';
-import { IHAVEOPT, OPT } from '../../src/nbd/protocol.js';
+import { CMD, IHAVEOPT, OPT } from '../../src/nbd/protocol.js';
 import { FileExport } from '../../src/nbd/file-export.js';
 import { NbdServer } from '../../src/nbd/server.js';
 
@@ -218,4 +218,60 @@ export async function attach(sock: string, name: string): Promise<RawClient> {
   const replies = await c.readOptionReplies();
   assert.equal(replies[replies.length - 1]!.type, 1, 'GO acknowledged');
   return c;
+}
+
+/** Attach with structured replies and base:allocation selected (so BLOCK_STATUS is allowed). */
+export async function attachWithMeta(sock: string, name: string): Promise<RawClient> {
+  const c = await RawClient.connect(sock);
+  await c.greet();
+  c.sendOption(OPT.STRUCTURED_REPLY);
+  await c.readOptionReplies();
+  c.sendOption(OPT.SET_META_CONTEXT, metaData(name, ['base:allocation']));
+  await c.readOptionReplies();
+  c.sendOption(OPT.GO, goData(name));
+  const replies = await c.readOptionReplies();
+  assert.equal(replies[replies.length - 1]!.type, 1, 'GO acknowledged');
+  return c;
+}
+
+/** n simple replies, sorted by cookie (pipelined requests may be answered in any order). */
+export async function inCookieOrder(c: RawClient, n: number): Promise<Array<{ cookie: bigint; error: number }>> {
+  const replies = [];
+  for (let i = 0; i < n; i++) replies.push(await c.readSimpleReply());
+  return replies.sort((x, y) => Number(x.cookie - y.cookie));
+}
+
+/**
+ * The end of a scripted session on a threaded connection (threads.test.ts, thin-threads.test.ts),
+ * cookies from `cookie` on: requests handed over (BLOCK_STATUS, TRIM, WRITE_ZEROES, CACHE);
+ * refusals that keep the stream in sync (a READ past the end, a WRITE past the end with its
+ * payload consumed, an oversize WRITE with its payload skipped, an unknown flag); a zero-length
+ * READ; then garbage, which gets a hang-up. Returns the answers, comparable between sessions.
+ */
+export async function handedOverAndRefused(c: RawClient, size: number, cookie: bigint): Promise<unknown[]> {
+  const answers: unknown[] = [];
+  const MiB = 1024 * 1024;
+  c.sendRequest(CMD.BLOCK_STATUS, 0, cookie, 0, size);
+  const bs = await c.readChunk();
+  answers.push({ type: bs.type, cookie: bs.cookie, extents: bs.payload.subarray(4).toString('hex') });
+  c.sendRequest(CMD.TRIM, 0, cookie + 1n, 4 * MiB, MiB);
+  c.sendRequest(CMD.WRITE_ZEROES, 0, cookie + 2n, 0, 4096);
+  c.sendRequest(CMD.CACHE, 0, cookie + 3n, 0, MiB);
+  answers.push(...await inCookieOrder(c, 3));
+  c.sendRequest(CMD.READ, 0, cookie + 4n, size - 1, 2);
+  const refused = await c.readChunk();
+  answers.push({ type: refused.type, cookie: refused.cookie, errno: refused.payload.readUInt32BE(0) });
+  c.sendRequest(CMD.WRITE, 0, cookie + 5n, size - 4, 8, Buffer.alloc(8, 1));
+  answers.push(await c.readSimpleReply());
+  const big = Buffer.alloc(33 * MiB, 2);
+  c.sendRequest(CMD.WRITE, 0, cookie + 6n, 0, big.length, big);
+  answers.push(await c.readSimpleReply());
+  c.sendRequest(CMD.FLUSH, 1 << 12, cookie + 7n, 0, 0);
+  answers.push(await c.readSimpleReply());
+  c.sendRequest(CMD.READ, 0, cookie + 8n, 0, 0);
+  const none = await c.readChunk();
+  answers.push({ type: none.type, cookie: none.cookie });
+  c.socket.write(Buffer.alloc(28, 0x55));
+  answers.push({ closed: await c.closedWithin(2000) });
+  return answers;
 }

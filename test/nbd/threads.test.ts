@@ -10,32 +10,11 @@ import { writeFile, truncate, readFile, mkdir } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { NbdServer } from '../../src/nbd/server.js';
 import { FileExport } from '../../src/nbd/file-export.js';
-import { CMD, CMD_FLAG, NBD_ERR, OPT } from '../../src/nbd/protocol.js';
-import { RawClient, attach, tempDir, run, until, goData, metaData, serveSparseFile } from './helpers.js';
+import { CMD, CMD_FLAG, NBD_ERR } from '../../src/nbd/protocol.js';
+import { attach, attachWithMeta, handedOverAndRefused, inCookieOrder, tempDir, run, until, serveSparseFile } from './helpers.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
-
-/** Attach with base:allocation selected (so BLOCK_STATUS is allowed). */
-async function attachWithMeta(sock: string, name: string): Promise<RawClient> {
-  const c = await RawClient.connect(sock);
-  await c.greet();
-  c.sendOption(OPT.STRUCTURED_REPLY);
-  await c.readOptionReplies();
-  c.sendOption(OPT.SET_META_CONTEXT, metaData(name, ['base:allocation']));
-  await c.readOptionReplies();
-  c.sendOption(OPT.GO, goData(name));
-  const replies = await c.readOptionReplies();
-  assert.equal(replies[replies.length - 1]!.type, 1);
-  return c;
-}
-
-/** n simple replies, sorted by cookie (the event loop may answer pipelined requests out of order). */
-async function inCookieOrder(c: RawClient, n: number): Promise<unknown[]> {
-  const replies = [];
-  for (let i = 0; i < n; i++) replies.push(await c.readSimpleReply());
-  return replies.sort((x, y) => Number(x.cookie - y.cookie));
-}
 
 /** One scripted session; returns what the server answered, for comparing the two paths. */
 async function session(threads: boolean, data: Buffer): Promise<{ answers: unknown[]; file: Buffer; threaded: number }> {
@@ -59,32 +38,7 @@ async function session(threads: boolean, data: Buffer): Promise<{ answers: unkno
     data.copy(expected, 0, MiB - 5, MiB);
     data.copy(expected, 12, MiB, MiB + 64 * KiB - 12);
     assert.ok(chunk.payload.subarray(8).equals(expected), 'read back');
-    // handed over: BLOCK_STATUS, TRIM, WRITE_ZEROES, CACHE
-    c.sendRequest(CMD.BLOCK_STATUS, 0, 5n, 0, size);
-    const bs = await c.readChunk();
-    answers.push({ type: bs.type, cookie: bs.cookie, extents: bs.payload.subarray(4).toString('hex') });
-    c.sendRequest(CMD.TRIM, 0, 6n, 4 * MiB, MiB);
-    c.sendRequest(CMD.WRITE_ZEROES, 0, 7n, 0, 4 * KiB);
-    c.sendRequest(CMD.CACHE, 0, 8n, 0, MiB);
-    answers.push(...await inCookieOrder(c, 3));
-    // refused: a READ past the end (structured error), a WRITE past the end (payload consumed),
-    // an oversize WRITE (payload skipped), an unknown flag; the stream stays in sync
-    c.sendRequest(CMD.READ, 0, 9n, size - 1, 2);
-    const refused = await c.readChunk();
-    answers.push({ type: refused.type, cookie: refused.cookie, errno: refused.payload.readUInt32BE(0) });
-    c.sendRequest(CMD.WRITE, 0, 10n, size - 4, 8, Buffer.alloc(8, 1));
-    answers.push(await c.readSimpleReply());
-    const big = Buffer.alloc(33 * MiB, 2);
-    c.sendRequest(CMD.WRITE, 0, 11n, 0, big.length, big);
-    answers.push(await c.readSimpleReply());
-    c.sendRequest(CMD.FLUSH, 1 << 12, 12n, 0, 0);
-    answers.push(await c.readSimpleReply());
-    // a zero-length READ (handed over) and then garbage: that client is hung up on
-    c.sendRequest(CMD.READ, 0, 13n, 0, 0);
-    const none = await c.readChunk();
-    answers.push({ type: none.type, cookie: none.cookie });
-    c.socket.write(Buffer.alloc(28, 0x55));
-    answers.push({ closed: await c.closedWithin(2000) });
+    answers.push(...await handedOverAndRefused(c, size, 5n));
     return { answers, file: await readFile(file), threaded };
   } finally {
     await close();

@@ -1,0 +1,168 @@
+// Connections to a thin export served on threads (transmission-threads.ts, planned exports): the
+// thread batches the READs and WRITEs it has received, the event loop plans each batch
+// (ThinDevice.planBatch) and the thread does the data I/O; everything else is handed over.
+// Checked here: one scripted session, run with threads on and off, gets the same answers and
+// leaves the same bytes on the device and its snapshot, and every answer is the right one.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { writeFile, truncate } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { NbdServer } from '../../src/nbd/server.js';
+import { ThinExport } from '../../src/nbd/thin-export.js';
+import { CMD, CMD_FLAG, NBD_ERR } from '../../src/nbd/protocol.js';
+import { Pool } from '../../src/thin/pool.js';
+import type { ThinDevice } from '../../src/thin/thin-device.js';
+import { type RawClient, attachWithMeta, handedOverAndRefused, inCookieOrder, tempDir, until } from './helpers.js';
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+const BLOCK = 64 * KiB;
+const SIZE = 16 * MiB;
+
+async function servePool(threads: boolean, features: string[] = [], dataBytes = 64 * MiB): Promise<{
+  pool: Pool; dev: ThinDevice; server: NbdServer; sock: string; close(): Promise<void>;
+}> {
+  const { dir, cleanup } = await tempDir('strata-nbd-thin-threads-');
+  for (const [f, size] of [['meta', 8 * MiB], ['data', dataBytes]] as const) {
+    await writeFile(join(dir, f), '');
+    await truncate(join(dir, f), size);
+  }
+  const pool = await Pool.open({ metadataPath: join(dir, 'meta'), dataPath: join(dir, 'data'), dataBlockSectors: BLOCK / 512, features });
+  await pool.message('create_thin 0');
+  const dev = await pool.openThin(0, SIZE);
+  const server = new NbdServer([new ThinExport(dev, { name: 't' })], { threads });
+  const sock = join(dir, 's.sock');
+  await server.listenUnix(sock);
+  return {
+    pool, dev, server, sock,
+    close: async () => {
+      await server.close();
+      await dev.close();
+      await pool.close();
+      await cleanup();
+    },
+  };
+}
+
+async function readChunkData(c: RawClient, cookie: bigint, offset: number, length: number): Promise<Buffer> {
+  c.sendRequest(CMD.READ, 0, cookie, offset, length);
+  const chunk = await c.readChunk();
+  assert.equal(chunk.type, 1, 'one data chunk');
+  return chunk.payload.subarray(8);
+}
+
+async function session(threads: boolean, data: Buffer): Promise<{ answers: unknown[]; origin: Buffer; snapshot: Buffer; threaded: number }> {
+  const { pool, dev, server, sock, close } = await servePool(threads);
+  const answers: unknown[] = [];
+  try {
+    const c = await attachWithMeta(sock, 't');
+    if (threads) await until(() => server.threadedCount === 1);
+    const threaded = server.threadedCount;
+    // pipelined, so they arrive together: whole blocks, a partial block (zeroed around by the
+    // pool), a write into a block the first one writes (planned in a later batch), a FUA write
+    // (goes alone), a read of blocks nothing wrote
+    c.sendRequest(CMD.WRITE, 0, 1n, 0, 4 * BLOCK, data.subarray(0, 4 * BLOCK));
+    c.sendRequest(CMD.WRITE, 0, 2n, 5 * BLOCK + 100, 1000, data.subarray(4 * BLOCK, 4 * BLOCK + 1000));
+    c.sendRequest(CMD.WRITE, 0, 3n, BLOCK + 7, 10, Buffer.alloc(10, 0xaa));
+    c.sendRequest(CMD.WRITE, CMD_FLAG.FUA, 4n, 8 * BLOCK, 2 * BLOCK, data.subarray(5 * BLOCK, 7 * BLOCK));
+    answers.push(...await inCookieOrder(c, 4));
+    c.sendRequest(CMD.FLUSH, 0, 5n, 0, 0);
+    answers.push(await c.readSimpleReply());
+    const view = await readChunkData(c, 6n, 0, 12 * BLOCK);
+    const expected = Buffer.alloc(12 * BLOCK);
+    data.copy(expected, 0, 0, 4 * BLOCK);
+    expected.fill(0xaa, BLOCK + 7, BLOCK + 17);
+    data.copy(expected, 5 * BLOCK + 100, 4 * BLOCK, 4 * BLOCK + 1000);
+    data.copy(expected, 8 * BLOCK, 5 * BLOCK, 7 * BLOCK);
+    assert.ok(view.equals(expected), 'reads back what was written, zeroes elsewhere');
+
+    // a snapshot shares every block; writing to the origin then copies: a partial write (the
+    // pool copies the block), a whole-block write (a fresh block, no copy)
+    await pool.message('create_snap 1 0');
+    c.sendRequest(CMD.WRITE, 0, 7n, 2 * BLOCK + 3, 5, Buffer.from('hello'));
+    c.sendRequest(CMD.WRITE, 0, 8n, 3 * BLOCK, BLOCK, Buffer.alloc(BLOCK, 0xbb));
+    answers.push(...await inCookieOrder(c, 2));
+    const after = await readChunkData(c, 9n, 2 * BLOCK, 2 * BLOCK);
+    const afterExpected = Buffer.concat([data.subarray(2 * BLOCK, 3 * BLOCK), Buffer.alloc(BLOCK, 0xbb)]);
+    afterExpected.write('hello', 3);
+    assert.ok(after.equals(afterExpected), 'the origin sees its new bytes');
+
+    // a WRITE too large for the receive buffer but within the limit: read into a buffer of its
+    // own and handed over
+    const large = data.subarray(0, 5 * MiB);
+    c.sendRequest(CMD.WRITE, 0, 10n, 10 * MiB + 1, large.length, large);
+    answers.push(await c.readSimpleReply());
+    assert.ok((await readChunkData(c, 11n, 10 * MiB + 1, large.length)).equals(large), 'the large write landed');
+    answers.push(...await handedOverAndRefused(c, SIZE, 12n));
+    await until(() => server.connectionCount === 0);
+
+    const snap = await pool.openThin(1, SIZE);
+    const snapshot = Buffer.alloc(12 * BLOCK);
+    await snap.read(snapshot, 0);
+    await snap.close();
+    assert.ok(snapshot.equals(expected), 'the snapshot kept the bytes from before it');
+    const originBytes = Buffer.alloc(SIZE);
+    await dev.read(originBytes, 0);
+    return { answers, origin: originBytes, snapshot, threaded };
+  } finally {
+    await close();
+  }
+}
+
+test('thin export on threads: planned there, and every answer matches the event-loop path', async () => {
+  const data = randomBytes(6 * MiB);
+  const onThreads = await session(true, data);
+  const onLoop = await session(false, data);
+  assert.equal(onThreads.threaded, 1, 'the connection was served on a thread');
+  assert.equal(onLoop.threaded, 0);
+  assert.deepEqual(onThreads.answers, onLoop.answers);
+  assert.ok(onThreads.origin.equals(onLoop.origin), 'the origins end up the same');
+  assert.ok(onThreads.snapshot.equals(onLoop.snapshot), 'the snapshots end up the same');
+  const errs = onThreads.answers.map((a) => (a as { error?: number; errno?: number }).error ?? (a as { errno?: number }).errno);
+  assert.deepEqual(errs.slice(0, 8), [0, 0, 0, 0, 0, 0, 0, 0]);
+  assert.deepEqual(errs.slice(9, 16), [0, 0, 0, NBD_ERR.EINVAL, NBD_ERR.ENOSPC, NBD_ERR.EINVAL, NBD_ERR.EINVAL]);
+  assert.deepEqual(onThreads.answers.at(-1), { closed: true });
+});
+
+test('thin export on threads: out of data space is answered ENOSPC and the connection goes on', async () => {
+  const { server, sock, close } = await servePool(true, ['error_if_no_space'], 4 * BLOCK);
+  try {
+    const c = await attachWithMeta(sock, 't');
+    await until(() => server.threadedCount === 1);
+    c.sendRequest(CMD.WRITE, 0, 1n, 0, 4 * BLOCK, Buffer.alloc(4 * BLOCK, 1));
+    assert.equal((await c.readSimpleReply()).error, 0);
+    c.sendRequest(CMD.WRITE, 0, 2n, 8 * BLOCK, BLOCK, Buffer.alloc(BLOCK, 2));
+    const full = await c.readSimpleReply();
+    assert.deepEqual([full.cookie, full.error], [2n, NBD_ERR.ENOSPC]);
+    assert.ok((await readChunkData(c, 3n, BLOCK - 8, 16)).equals(Buffer.alloc(16, 1)));
+    c.close();
+  } finally {
+    await close();
+  }
+});
+
+test('thin export on threads: several connections writing and reading at once each see their own bytes', async () => {
+  const { server, sock, close } = await servePool(true);
+  try {
+    const clients = await Promise.all([0, 1, 2].map(() => attachWithMeta(sock, 't')));
+    await until(() => server.threadedCount === 3);
+    const regions = clients.map((_, i) => randomBytes(MiB + i * 4099));
+    await Promise.all(clients.map(async (c, i) => {
+      const base = i * 4 * MiB + i * 3;
+      const region = regions[i]!;
+      // pipelined writes of uneven pieces, then reads across them
+      let n = 0;
+      for (let pos = 0; pos < region.length; pos += 96 * KiB + 17) {
+        const piece = region.subarray(pos, pos + 96 * KiB + 17);
+        c.sendRequest(CMD.WRITE, 0, BigInt(++n), base + pos, piece.length, piece);
+      }
+      const replies = await inCookieOrder(c, n);
+      assert.ok(replies.every((r) => r.error === 0));
+      assert.ok((await readChunkData(c, BigInt(++n), base, region.length)).equals(region), `connection ${i} reads back its bytes`);
+    }));
+    for (const c of clients) c.close();
+  } finally {
+    await close();
+  }
+});
