@@ -166,8 +166,6 @@ interface Received {
 }
 
 const FIONREAD = 0x541b;
-/** The least distance worth moving received bytes back (ReceiveBuffer.release). */
-const MIN_MOVE = 64 * 1024;
 const POLLIN = 1;
 
 /** Bytes the socket has received and not yet given us (0 where this cannot be asked). */
@@ -185,9 +183,20 @@ const pollCall = libcBinding((lib) => lib.func('int poll(void *fds, unsigned lon
 /**
  * A connection's receive buffer, in memory shared with the main thread: requests are parsed
  * where they arrived, and the main thread plans WRITE payloads there too (no copies).
+ *
+ * Two halves, filled in turn. Requests received stay where they are until done with; once the
+ * half being filled is nearly full and nothing in the other is needed any more, the bytes not
+ * yet parsed (part of one request) move to the start of the other, which is filled next.
+ * (Moving back everything still queued instead copied a third of all bytes received, from
+ * memory long out of cache.)
  */
 class ReceiveBuffer {
   readonly buf: Buffer;
+  readonly half: number;
+  /** Free room below which the next half is taken: a request larger than this less a header goes elsewhere. */
+  readonly reserve: number;
+  /** Where the half being filled starts. */
+  private base = 0;
   /** The first byte not yet parsed. */
   start = 0;
   /** The end of what was received. */
@@ -195,25 +204,31 @@ class ReceiveBuffer {
 
   constructor(shared: SharedArrayBuffer, leftover: Uint8Array, private readonly fd: number) {
     this.buf = Buffer.from(shared);
+    this.half = this.buf.length / 2;
+    this.reserve = this.half / 2;
     this.buf.set(leftover);
     this.end = leftover.length;
   }
 
-  /** Nothing before `keep` is needed any more: make room at the end. Returns how far bytes moved. */
-  release(keep: number): number {
-    if (keep === this.end) {
-      this.start = this.end = 0;
-      return keep;
+  /** Room left in the half being filled. */
+  get room(): number {
+    return this.base + this.half - this.end;
+  }
+
+  /** Make room to receive, given where the requests still needed are (their headers). */
+  release(live: readonly number[]): void {
+    if (live.length === 0 && this.start === this.end) {
+      this.start = this.end = this.base;
+      return;
     }
-    // Moving costs a copy: only once half the buffer is behind us, and only a distance worth it.
-    // V8 copies shared memory quickly only between ranges that do not overlap and share their
-    // alignment (otherwise byte by byte, 8x slower): hence pieces no longer than the distance.
-    const moved = keep - (keep % 8);
-    if (this.end < this.buf.length / 2 || moved < MIN_MOVE) return 0;
-    for (let from = keep; from < this.end; from += moved) this.buf.copyWithin(from - moved, from, Math.min(from + moved, this.end));
-    this.start -= moved;
-    this.end -= moved;
-    return moved;
+    const other = this.half - this.base;
+    if (this.room >= this.reserve || live.some((at) => at >= other && at < other + this.half)) return;
+    // (at the same alignment: V8 copies shared memory byte by byte otherwise, 8x slower)
+    const to = other + (this.start % 8);
+    this.buf.copyWithin(to, this.start, this.end);
+    this.end = to + (this.end - this.start);
+    this.start = to;
+    this.base = other;
   }
 
   /**
@@ -221,7 +236,7 @@ class ReceiveBuffer {
    * comes. false once the peer has gone.
    */
   receive(wait: boolean): boolean {
-    let want = this.buf.length - this.end;
+    let want = this.room;
     if (!wait) want = Math.min(want, bytesWaiting()?.(this.fd) ?? 0);
     while (want > 0) {
       try {
@@ -269,7 +284,7 @@ class PlannedConnection {
   constructor(private readonly job: ThreadJob, shared: SharedArrayBuffer, private readonly wakeFd: number) {
     this.socket = new BlockingSocket(job.socketFd, Buffer.alloc(0));
     this.input = new ReceiveBuffer(shared, job.leftover, job.socketFd);
-    this.largest = this.input.buf.length / 2 - REQUEST_HEADER_LENGTH;
+    this.largest = this.input.reserve - REQUEST_HEADER_LENGTH;
   }
 
   /** Until the client disconnects or goes away. */
@@ -314,7 +329,7 @@ class PlannedConnection {
         continue;
       }
       this.settle();
-      input.release(input.start);
+      input.release([]);
       if (!input.receive(true)) return;
     }
   }
@@ -349,9 +364,9 @@ class PlannedConnection {
 
   /** Post the queued requests for planning (nothing of the buffer is in use by the main thread). */
   private post(): void {
-    const moved = this.input.release(this.queued[0]!.headerAt);
-    for (const r of this.queued) r.headerAt -= moved;
-    if (typeof this.stop === 'object') this.stop.headerAt -= moved;
+    const live = this.queued.map((r) => r.headerAt);
+    if (typeof this.stop === 'object') live.push(this.stop.headerAt);
+    this.input.release(live);
     this.posted = this.queued;
     this.queued = [];
     const call: PlanCall = {

@@ -224,7 +224,7 @@ export class TransmissionThreads {
       send: (...bufs) => void replies.push(...bufs),
       sendData: (header, data) => void replies.push(header, data),
     };
-    const receiveBuffer = plan ? new SharedArrayBuffer(Math.max(RECEIVE_BUFFER_BYTES, 2 * leftover.length)) : undefined;
+    const receiveBuffer = plan ? new SharedArrayBuffer(Math.max(RECEIVE_BUFFER_BYTES, 4 * leftover.length)) : undefined;
     const received = receiveBuffer && Buffer.from(receiveBuffer);
     let planned: PlannedBatch | null = null;
     let open = true;

@@ -18,7 +18,7 @@ import { type RawClient, attachWithMeta, handedOverAndRefused, inCookieOrder, te
 const KiB = 1024;
 const MiB = 1024 * KiB;
 const BLOCK = 64 * KiB;
-const SIZE = 16 * MiB;
+const SIZE = 24 * MiB;
 
 async function servePool(threads: boolean, features: string[] = [], dataBytes = 64 * MiB): Promise<{
   pool: Pool; dev: ThinDevice; server: NbdServer; sock: string; close(): Promise<void>;
@@ -147,9 +147,10 @@ test('thin export on threads: several connections writing and reading at once ea
   try {
     const clients = await Promise.all([0, 1, 2].map(() => attachWithMeta(sock, 't')));
     await until(() => server.threadedCount === 3);
-    const regions = clients.map((_, i) => randomBytes(MiB + i * 4099));
+    // (several MiB each: the receive buffers switch halves a few times on the way)
+    const regions = clients.map((_, i) => randomBytes(5 * MiB + i * 4099));
     await Promise.all(clients.map(async (c, i) => {
-      const base = i * 4 * MiB + i * 3;
+      const base = i * 5 * MiB + i * 3;
       const region = regions[i]!;
       // pipelined writes of uneven pieces, then reads across them
       let n = 0;
