@@ -304,7 +304,7 @@ class PlannedConnection {
       if (this.posted) {
         const plans = this.reply<RequestPlan[]>();
         if (!plans) {
-          this.wait(input.end < input.buf.length);
+          this.wait(input.room > 0);
           continue;
         }
         if (!this.carryOut(this.posted, plans)) return;

@@ -51,7 +51,7 @@ export interface ThreadJob {
   fileFd: number;
   ctx: CheckContext;
   /**
-   * Requests handed back: the thread posts a `ThreadCall`, waits on `signal`, takes the reply
+   * Requests handed back: the thread posts a `ThreadCall`, waits on `signal` (or `wakeFd`), takes the reply
    * (`Handed` → the reply's bytes, `PlanCall` → a plan for each request, `Settled` → none).
    */
   rpc: MessagePort;
@@ -209,7 +209,9 @@ export class TransmissionThreads {
     const channel = new MessageChannel();
     const signal = new SharedArrayBuffer(4);
     const wake = new Int32Array(signal);
+    let open = true;
     const reply = (message: unknown): void => {
+      if (!open) return; // (the thread has let go, and the eventfd's number may be reused)
       channel.port1.postMessage(message);
       if (wakeFd >= 0) {
         writeSync(wakeFd, WAKE);
@@ -227,7 +229,6 @@ export class TransmissionThreads {
     const receiveBuffer = plan ? new SharedArrayBuffer(Math.max(RECEIVE_BUFFER_BYTES, 4 * leftover.length)) : undefined;
     const received = receiveBuffer && Buffer.from(receiveBuffer);
     let planned: PlannedBatch | null = null;
-    let open = true;
     channel.port1.on('message', (msg: ThreadCall) => {
       if ('settled' in msg && msg.settled) {
         planned?.settle();
