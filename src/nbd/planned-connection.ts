@@ -1,0 +1,342 @@
+/**
+ * A connection to a planned export (a thin device: NbdExport.blockingFile.plan) served on a
+ * thread (transmission-threads.ts): the worker side, run by transmission-thread.ts.
+ */
+import { receiveMessageOnPort } from 'node:worker_threads';
+import { readSync, writeSync } from 'node:fs';
+import { CMD, CMD_FLAG } from './protocol.js';
+import { checkRequest } from './request-check.js';
+import { decodeRequest, encodeDataChunkHeader, encodeSimpleReply, REQUEST_HEADER_LENGTH, type Request } from './request-codec.js';
+import { BlockingSocket, postHanded } from './thread-io.js';
+import { libcBinding } from '../util/libc.js';
+import { zeroOutside, type DataRun, type RequestPlan } from '../thin/thin-device.js';
+import type { PlanCall, Settled, ThreadJob } from './transmission-threads.js';
+
+/** A request parsed in the receive buffer: its header there, and a WRITE's payload after it. */
+interface Received {
+  req: Request;
+  headerAt: number;
+}
+
+const FIONREAD = 0x541b;
+const POLLIN = 1;
+
+/** Bytes the socket has received and not yet given us (0 where this cannot be asked). */
+const bytesWaiting = libcBinding((lib) => {
+  const ioctl = lib.func('int ioctl(int fd, unsigned long request, _Out_ int *count)') as (fd: number, request: number, count: number[]) => number;
+  return (fd: number): number => {
+    const count = [0];
+    return ioctl(fd, FIONREAD, count) === 0 ? count[0]! : 0;
+  };
+});
+
+/** poll(2) over `struct pollfd` entries laid out in a buffer (8 bytes each). */
+const pollCall = libcBinding((lib) => lib.func('int poll(void *fds, unsigned long count, int timeout)') as (fds: Buffer, count: number, timeout: number) => number);
+
+/**
+ * A connection's receive buffer, in memory shared with the main thread: requests are parsed
+ * where they arrived, and the main thread plans WRITE payloads there too (no copies).
+ *
+ * Two halves, filled in turn. Requests received stay where they are until done with; once the
+ * half being filled is nearly full and nothing in the other is needed any more, the bytes not
+ * yet parsed (part of one request) move to the start of the other, which is filled next.
+ * (Moving back everything still queued instead copied a third of all bytes received, from
+ * memory long out of cache.)
+ */
+class ReceiveBuffer {
+  readonly buf: Buffer;
+  readonly half: number;
+  /** Free room below which the next half is taken: a request larger than this less a header goes elsewhere. */
+  readonly reserve: number;
+  /** Where the half being filled starts. */
+  private base = 0;
+  /** The first byte not yet parsed. */
+  start = 0;
+  /** The end of what was received. */
+  end: number;
+
+  constructor(shared: SharedArrayBuffer, leftover: Uint8Array, private readonly fd: number) {
+    this.buf = Buffer.from(shared);
+    this.half = this.buf.length / 2;
+    this.reserve = this.half / 2;
+    this.buf.set(leftover);
+    this.end = leftover.length;
+  }
+
+  /** Room left in the half being filled. */
+  get room(): number {
+    return this.base + this.half - this.end;
+  }
+
+  /** Make room to receive, given where the requests still needed are (their headers). */
+  release(live: readonly number[]): void {
+    if (live.length === 0 && this.start === this.end) {
+      this.start = this.end = this.base;
+      return;
+    }
+    const other = this.half - this.base;
+    if (this.room >= this.reserve || live.some((at) => at >= other && at < other + this.half)) return;
+    // (at the same alignment: V8 copies shared memory byte by byte otherwise, 8x slower)
+    const to = other + (this.start % 8);
+    this.buf.copyWithin(to, this.start, this.end);
+    this.end = to + (this.end - this.start);
+    this.start = to;
+    this.base = other;
+  }
+
+  /**
+   * Receive what the socket holds, as far as there is room; with `wait`, block until something
+   * comes. false once the peer has gone.
+   */
+  receive(wait: boolean): boolean {
+    let want = this.room;
+    if (!wait) want = Math.min(want, bytesWaiting()?.(this.fd) ?? 0);
+    while (want > 0) {
+      try {
+        const n = readSync(this.fd, this.buf, this.end, want, null);
+        if (n === 0) return false;
+        this.end += n;
+        return true;
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EINTR') return false;
+      }
+    }
+    return true;
+  }
+}
+
+/**
+ * A connection to a planned export (a thin device: NbdExport.blockingFile.plan), served as a
+ * pipeline. The requests received are posted to the main thread as one batch to plan (where
+ * their bytes are in the file: ThinDevice.planBatch); while the plan is being made, the thread
+ * keeps receiving, so the next batch holds everything that arrived meanwhile. (A client cannot
+ * get far ahead on its own: a unix socket holds less than one 256 KiB WRITE.) Once the plan is
+ * back the thread carries it out with pread/pwrite, answers, and tells the main thread the batch
+ * is settled. Requests that go alone (FLUSH, TRIM, refusals, failures, ...) are handed over only
+ * while no batch is in flight: a FLUSH's commit waits for the batch's I/O.
+ */
+export class PlannedConnection {
+  private readonly socket: BlockingSocket;
+  private readonly input: ReceiveBuffer;
+  /** Parsed, waiting for the next batch. */
+  private queued: Received[] = [];
+  /** Parsed, waiting to be handed over alone. */
+  private alone: Received[] = [];
+  /** The batch whose plan is being made. */
+  private posted: Received[] | null = null;
+  /** The last batch's I/O is done and the main thread has not been told yet. */
+  private unsettled = false;
+  /** Parsing stopped at a request past which nothing is read before it is dealt with. */
+  private stop: 'disconnect' | Received | undefined;
+  /** A WRITE payload larger than this is read into a buffer of its own and handed over. */
+  private readonly largest: number;
+  private readBuf = Buffer.allocUnsafe(1 << 20);
+  private readonly pollFds = Buffer.alloc(16);
+  private readonly drain = Buffer.alloc(8);
+
+  constructor(private readonly job: ThreadJob, shared: SharedArrayBuffer, private readonly wakeFd: number) {
+    this.socket = new BlockingSocket(job.socketFd, Buffer.alloc(0));
+    this.input = new ReceiveBuffer(shared, job.leftover, job.socketFd);
+    this.largest = this.input.reserve - REQUEST_HEADER_LENGTH;
+  }
+
+  /** Until the client disconnects or goes away. */
+  run(): void {
+    try {
+      this.serve();
+    } finally {
+      this.settle();
+    }
+  }
+
+  private serve(): void {
+    const { input, socket } = this;
+    for (;;) {
+      if (!input.receive(false)) return;
+      this.parse();
+      if (this.posted) {
+        const plans = this.reply<RequestPlan[]>();
+        if (!plans) {
+          this.wait(input.room > 0);
+          continue;
+        }
+        if (!this.carryOut(this.posted, plans)) return;
+      }
+      if (this.queued.length > 0 && this.alone.length === 0) {
+        this.post();
+        continue;
+      }
+      // (what goes alone may wait for the last batch's I/O: a FLUSH commits)
+      this.settle();
+      for (const r of this.alone.splice(0)) {
+        if (!socket.writeAll(this.handOver(this.headerOf(r), this.payloadOf(r)))) return;
+      }
+      if (this.queued.length > 0) {
+        this.post();
+        continue;
+      }
+      if (this.stop === 'disconnect') return;
+      if (this.stop) {
+        if (!this.oversize(this.stop)) return;
+        this.stop = undefined;
+        continue;
+      }
+      this.settle();
+      input.release([]);
+      if (!input.receive(true)) return;
+    }
+  }
+
+  /** Parse what has been received into requests to plan and requests to hand over alone. */
+  private parse(): void {
+    const { input } = this;
+    while (this.stop === undefined && input.end - input.start >= REQUEST_HEADER_LENGTH) {
+      const headerAt = input.start;
+      let req: Request;
+      try {
+        req = decodeRequest(input.buf.subarray(headerAt, headerAt + REQUEST_HEADER_LENGTH));
+      } catch {
+        this.stop = 'disconnect'; // bad magic: no way to find the next request, so hang up
+        return;
+      }
+      const payload = req.type === CMD.WRITE ? req.length : 0;
+      if (req.type === CMD.DISC) {
+        this.stop = 'disconnect';
+      } else if (payload > this.largest) {
+        input.start += REQUEST_HEADER_LENGTH;
+        this.stop = { req, headerAt };
+      } else if (input.end - headerAt >= REQUEST_HEADER_LENGTH + payload) {
+        input.start += REQUEST_HEADER_LENGTH + payload;
+        const plannable = req.length > 0 && (req.type === CMD.READ || (req.type === CMD.WRITE && (req.flags & CMD_FLAG.FUA) === 0));
+        (plannable && checkRequest(req, this.job.ctx) === 0 ? this.queued : this.alone).push({ req, headerAt });
+      } else {
+        return;
+      }
+    }
+  }
+
+  /** Post the queued requests for planning (nothing of the buffer is in use by the main thread). */
+  private post(): void {
+    const live = this.queued.map((r) => r.headerAt);
+    if (typeof this.stop === 'object') live.push(this.stop.headerAt);
+    this.input.release(live);
+    this.posted = this.queued;
+    this.queued = [];
+    const call: PlanCall = {
+      batch: this.posted.map((r) => ({ write: r.req.type === CMD.WRITE, offset: r.req.offset, length: r.req.length, at: r.headerAt + REQUEST_HEADER_LENGTH })),
+      settled: this.unsettled,
+    };
+    this.unsettled = false;
+    this.job.rpc.postMessage(call);
+  }
+
+  /** Tell the main thread the last batch is settled, unless a batch posted since said so. */
+  private settle(): void {
+    if (!this.unsettled) return;
+    this.unsettled = false;
+    this.job.rpc.postMessage({ settled: true } satisfies Settled);
+  }
+
+  /** Do what the plan says, answer, settle. false once the client has gone. */
+  private carryOut(batch: Received[], plans: RequestPlan[]): boolean {
+    this.posted = null;
+    const later: Received[] = [];
+    let connected = true;
+    for (let i = 0; i < batch.length; i++) {
+      const r = batch[i]!;
+      const plan = plans[i] ?? 'alone';
+      if (plan === 'later') {
+        later.push(r);
+        continue;
+      }
+      if (plan === 'alone') {
+        this.alone.push(r);
+        continue;
+      }
+      const { req } = r;
+      if (req.type === CMD.READ && req.length > this.readBuf.length) this.readBuf = Buffer.allocUnsafe(req.length);
+      const reply = doPlanned(this.job, req, plan, req.type === CMD.READ ? this.readBuf.subarray(0, req.length) : this.payloadOf(r)!);
+      if (!reply) this.alone.push(r); // the main thread tries again and answers with the error it gets
+      else if (connected) connected = this.socket.writeAll(reply);
+    }
+    this.unsettled = true;
+    this.queued.unshift(...later);
+    return connected;
+  }
+
+  /** A WRITE too large for the receive buffer: read into a buffer of its own (or dropped if over the limit, which the main thread's check refuses) and handed over. */
+  private oversize(r: Received): boolean {
+    const { input } = this;
+    const { req } = r;
+    const keep = req.length <= this.job.ctx.maxPayload;
+    const payload = Buffer.allocUnsafe(keep ? req.length : 1 << 20);
+    const inBuffer = Math.min(req.length, input.end - input.start);
+    if (keep) input.buf.copy(payload, 0, input.start, input.start + inBuffer);
+    input.start += inBuffer;
+    const rest = req.length - inBuffer;
+    const ok = keep ? this.socket.readFully(payload.subarray(inBuffer), rest) : this.socket.skip(rest, payload);
+    return ok && this.socket.writeAll(this.handOver(Buffer.from(this.headerOf(r)), keep ? payload : undefined));
+  }
+
+  private handOver(header: Buffer, payload: Buffer | undefined): Buffer[] {
+    postHanded(this.job, header, payload);
+    let reply: Uint8Array[] | undefined;
+    while (!(reply = this.reply<Uint8Array[]>())) this.wait(false);
+    return reply.map((b) => Buffer.from(b.buffer, b.byteOffset, b.byteLength));
+  }
+
+  /** The main thread's reply to the call in flight, if it has come. */
+  private reply<T>(): T | undefined {
+    return receiveMessageOnPort(this.job.rpc)?.message as T | undefined;
+  }
+
+  /**
+   * Block until the main thread signals, or (with `orInput`) the socket has bytes. A signal is
+   * drained once seen; one for a reply already taken costs a spurious wake, nothing more.
+   */
+  private wait(orInput: boolean): void {
+    const fds = this.pollFds;
+    fds.writeInt32LE(this.wakeFd, 0);
+    fds.writeInt32LE(POLLIN, 4); // (and revents cleared)
+    fds.writeInt32LE(this.job.socketFd, 8);
+    fds.writeInt32LE(POLLIN, 12);
+    pollCall()!(fds, orInput ? 2 : 1, -1);
+    if ((fds.readInt16LE(6) & POLLIN) !== 0) readSync(this.wakeFd, this.drain, 0, 8, null);
+  }
+
+  private headerOf(r: Received): Buffer {
+    return this.input.buf.subarray(r.headerAt, r.headerAt + REQUEST_HEADER_LENGTH);
+  }
+
+  private payloadOf(r: Received): Buffer | undefined {
+    const at = r.headerAt + REQUEST_HEADER_LENGTH;
+    return r.req.type === CMD.WRITE ? this.input.buf.subarray(at, at + r.req.length) : undefined;
+  }
+}
+
+/** A planned READ or WRITE: its reply, or null if the I/O failed. */
+function doPlanned(job: ThreadJob, req: Request, runs: readonly DataRun[], data: Buffer): Buffer[] | null {
+  try {
+    if (req.type === CMD.WRITE) {
+      for (const r of runs) {
+        for (let done = 0; done < r.length;) done += writeSync(job.fileFd, data, r.at + done, r.length - done, r.dataOffset + done);
+      }
+      return [encodeSimpleReply(req.cookie, 0)];
+    }
+    zeroOutside(data, runs);
+    for (const r of runs) {
+      for (let done = 0; done < r.length;) {
+        const n = readSync(job.fileFd, data, r.at + done, r.length - done, r.dataOffset + done);
+        if (n === 0) {
+          data.fill(0, r.at + done, r.at + r.length); // past the data file's end
+          break;
+        }
+        done += n;
+      }
+    }
+    const head = job.ctx.structuredReplies ? encodeDataChunkHeader(req.cookie, req.offset, req.length, true) : encodeSimpleReply(req.cookie, 0);
+    return [head, data];
+  } catch {
+    return null;
+  }
+}
