@@ -57,18 +57,19 @@ export async function lookup(tm: TransactionManager, root: number, key: number):
 }
 
 /**
- * Where a full node splits: evenly, except that an append past the last key (sequential writes,
- * restores) leaves the left node full, so sequentially built trees are as dense as a bulk build.
+ * Where a full node splits: evenly, as the kernel's btree_split_beneath / split_one_into_two do.
+ * Every node but the root must stay at least a third full (thin_check refuses "too few entries in
+ * btree_node" otherwise); leaving the left node full on appends would make denser trees, but
+ * leaves a nearly empty right node wherever the appending stops.
  */
-function splitPoint(n: Buffer, key: number): number {
-  const nr = nrEntries(n);
-  return key > keyAt(n, nr - 1) ? nr - 1 : nr >> 1;
+function splitPoint(n: Buffer): number {
+  return nrEntries(n) >> 1;
 }
 
 /** btree_split_beneath: the root keeps its block and becomes an internal node over two halves. */
-function splitBeneath(tm: TransactionManager, root: Buffer, key: number): void {
+function splitBeneath(tm: TransactionManager, root: Buffer): void {
   const nr = nrEntries(root);
-  const at = splitPoint(root, key);
+  const at = splitPoint(root);
   const left = newNodeLike(tm, root);
   const right = newNodeLike(tm, root);
   copyEntries(left.buf, 0, root, 0, at);
@@ -86,7 +87,7 @@ function splitBeneath(tm: TransactionManager, root: Buffer, key: number): void {
 /** Split child `n` (at parent slot `pi`) into two siblings; returns the half that takes `key`. */
 function splitSibling(tm: TransactionManager, parent: Buffer, pi: number, n: Buffer, key: number): Buffer {
   const nr = nrEntries(n);
-  const at = splitPoint(n, key);
+  const at = splitPoint(n);
   const right = newNodeLike(tm, n);
   copyEntries(right.buf, 0, n, at, nr - at);
   setNrEntries(right.buf, nr - at);
@@ -110,7 +111,7 @@ export async function insert(
   let pi = -1;
   for (;;) {
     if (nrEntries(node) === maxEntries(node)) {
-      if (!parent) splitBeneath(tm, node, key);
+      if (!parent) splitBeneath(tm, node);
       else node = splitSibling(tm, parent, pi, node, key);
     }
     let i = lowerBound(node, key);

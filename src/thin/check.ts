@@ -54,7 +54,7 @@ export async function checkMetadata(md: ThinMetadata, opts: { maxIssues?: number
   };
 
   /** Count one reference to node `b`; on the first, walk it. Returns the leaf entries below. */
-  const walk = async (b: number, kind: TreeKind, lo: number, hi: number, onLeaf?: (n: Buffer) => Promise<void> | void): Promise<number> => {
+  const walk = async (b: number, kind: TreeKind, lo: number, hi: number, onLeaf?: (n: Buffer) => Promise<void> | void, child = false): Promise<number> => {
     if (!refMeta(b, `${kind} tree`)) return entriesBelow.get(b) ?? 0;
     let n: Buffer;
     try {
@@ -70,6 +70,10 @@ export async function checkMetadata(md: ThinMetadata, opts: { maxIssues?: number
       issue({ kind: 'corrupt', block: b, message: `${kind} ${leaf ? 'leaf' : 'internal node'} has value size ${valueSize(n)}, max entries ${maxEntries(n)}` });
       return 0;
     }
+    // the kernel keeps every node but the root at least a third full, and thin_check holds it to that
+    if (child && nr < Math.floor(maxEntries(n) / 3)) {
+      issue({ kind: 'corrupt', block: b, message: `${kind} node holds ${nr} entries, fewer than a third of ${maxEntries(n)}` });
+    }
     for (let i = 0; i < nr; i++) {
       const k = keyAt(n, i);
       if (k < lo || k >= hi || (i > 0 && k <= keyAt(n, i - 1))) {
@@ -83,7 +87,7 @@ export async function checkMetadata(md: ThinMetadata, opts: { maxIssues?: number
       await onLeaf?.(n);
     } else {
       for (let i = 0; i < nr; i++) {
-        total += await walk(value64(n, i), kind, keyAt(n, i), i + 1 < nr ? keyAt(n, i + 1) : hi, onLeaf);
+        total += await walk(value64(n, i), kind, keyAt(n, i), i + 1 < nr ? keyAt(n, i + 1) : hi, onLeaf, true);
       }
     }
     entriesBelow.set(b, total);
