@@ -13,7 +13,8 @@ import { ThinExport } from '../../src/nbd/thin-export.js';
 import { CMD, CMD_FLAG, NBD_ERR } from '../../src/nbd/protocol.js';
 import { Pool } from '../../src/thin/pool.js';
 import type { ThinDevice } from '../../src/thin/thin-device.js';
-import { type RawClient, attachWithMeta, handedOverAndRefused, inCookieOrder, tempDir, until } from './helpers.js';
+import { type RawClient, attach, attachWithMeta, handedOverAndRefused, inCookieOrder, tempDir, until } from './helpers.js';
+import { thinTools, tool } from '../thin/helpers.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -21,7 +22,9 @@ const BLOCK = 64 * KiB;
 const SIZE = 24 * MiB;
 
 async function servePool(threads: boolean, features: string[] = [], dataBytes = 64 * MiB): Promise<{
-  pool: Pool; dev: ThinDevice; server: NbdServer; sock: string; close(): Promise<void>;
+  pool: Pool; dev: ThinDevice; server: NbdServer; sock: string;
+  /** Stop serving, close the pool, run `closed` on its metadata file, remove everything. */
+  close(closed?: (metadataPath: string) => void): Promise<void>;
 }> {
   const { dir, cleanup } = await tempDir('strata-nbd-thin-threads-');
   for (const [f, size] of [['meta', 8 * MiB], ['data', dataBytes]] as const) {
@@ -36,11 +39,15 @@ async function servePool(threads: boolean, features: string[] = [], dataBytes = 
   await server.listenUnix(sock);
   return {
     pool, dev, server, sock,
-    close: async () => {
-      await server.close();
-      await dev.close();
-      await pool.close();
-      await cleanup();
+    close: async (closed) => {
+      try {
+        await server.close();
+        await dev.close();
+        await pool.close();
+        closed?.(join(dir, 'meta'));
+      } finally {
+        await cleanup();
+      }
     },
   };
 }
@@ -166,5 +173,79 @@ test('thin export on threads: several connections writing and reading at once ea
     for (const c of clients) c.close();
   } finally {
     await close();
+  }
+});
+
+test('thin export on threads: random writes, trims, zeroes, flushes and reads on three connections match a model; thin_check clean', async () => {
+  const { server, sock, close } = await servePool(true);
+  let closed = false;
+  try {
+    const clients = await Promise.all([0, 1, 2].map(() => attach(sock, 't')));
+    await until(() => server.threadedCount === 3);
+    const REGION = 6 * MiB;
+    await Promise.all(clients.map(async (c, ci) => {
+      // each connection owns a region (neighbours share a block); a model of what it must read
+      const base = ci * (REGION + 12_345);
+      const model = Buffer.alloc(REGION);
+      let x = ci + 1;
+      const rnd = (n: number): number => {
+        x = (x * 1103515245 + 12345) >>> 0;
+        return Math.floor((x / 4294967296) * n);
+      };
+      let cookie = 0n;
+      const check = async (off: number, len: number): Promise<void> => {
+        c.sendRequest(CMD.READ, 0, ++cookie, base + off, len);
+        const r = await c.readSimpleReply(len);
+        assert.equal(r.error, 0);
+        assert.ok(r.data.equals(model.subarray(off, off + len)), `connection ${ci} reads ${len} bytes at ${off} as written`);
+      };
+      for (let step = 0; step < 120; step++) {
+        const op = rnd(10);
+        if (op < 5) {
+          // a burst of pipelined writes to disjoint places (one batch, or several)
+          const n = 1 + rnd(6);
+          const slot = Math.floor(REGION / n);
+          for (let i = 0; i < n; i++) {
+            const len = 1 + rnd(Math.min(200 * KiB, slot - 1));
+            const off = i * slot + rnd(slot - len);
+            const data = randomBytes(len);
+            data.copy(model, off);
+            c.sendRequest(CMD.WRITE, rnd(4) === 0 ? CMD_FLAG.FUA : 0, ++cookie, base + off, len, data);
+          }
+          assert.ok((await inCookieOrder(c, n)).every((r) => r.error === 0));
+        } else if (op < 6) {
+          // TRIM unmaps the whole blocks inside the range: they read as zeros
+          const off = rnd(REGION - 1);
+          const len = 1 + rnd(Math.min(REGION - off, 1 * MiB));
+          c.sendRequest(CMD.TRIM, 0, ++cookie, base + off, len);
+          assert.equal((await c.readSimpleReply()).error, 0);
+          const first = Math.ceil((base + off) / BLOCK) * BLOCK;
+          const end = Math.floor((base + off + len) / BLOCK) * BLOCK;
+          if (end > first) model.fill(0, first - base, end - base);
+        } else if (op < 7) {
+          const off = rnd(REGION - 1);
+          const len = 1 + rnd(Math.min(REGION - off, 512 * KiB));
+          c.sendRequest(CMD.WRITE_ZEROES, 0, ++cookie, base + off, len);
+          assert.equal((await c.readSimpleReply()).error, 0);
+          model.fill(0, off, off + len);
+        } else if (op < 8) {
+          c.sendRequest(CMD.FLUSH, 0, ++cookie, 0, 0);
+          assert.equal((await c.readSimpleReply()).error, 0);
+        } else {
+          const off = rnd(REGION - 1);
+          await check(off, 1 + rnd(Math.min(REGION - off, 300 * KiB)));
+        }
+      }
+      await check(0, REGION);
+    }));
+    for (const c of clients) c.close();
+    closed = true;
+    await close((metadata) => {
+      if (!thinTools) return;
+      const r = tool('thin_check', [metadata]);
+      assert.equal(r.status, 0, r.stderr + r.stdout);
+    });
+  } finally {
+    if (!closed) await close();
   }
 });
