@@ -126,6 +126,8 @@ export class PlannedConnection {
   private posted: Received[] | null = null;
   /** The last batch's I/O is done and the main thread has not been told yet. */
   private unsettled = false;
+  /** The client has closed its side: waits for a reply no longer include the socket. */
+  private inputEnded = false;
   /** Parsing stopped at a request past which nothing is read before it is dealt with. */
   private stop: 'disconnect' | Received | undefined;
   /** A WRITE payload larger than this is read into a buffer of its own and handed over. */
@@ -300,8 +302,11 @@ export class PlannedConnection {
     fds.writeInt32LE(POLLIN, 4); // (and revents cleared)
     fds.writeInt32LE(this.job.socketFd, 8);
     fds.writeInt32LE(POLLIN, 12);
-    pollCall()!(fds, orInput ? 2 : 1, -1);
+    const withInput = orInput && !this.inputEnded;
+    pollCall()!(fds, withInput ? 2 : 1, -1);
     if ((fds.readInt16LE(6) & POLLIN) !== 0) readSync(this.wakeFd, this.drain, 0, 8, null);
+    // ready with nothing to read: the client has closed its side, and polling it again would spin
+    if (withInput && fds.readInt16LE(14) !== 0 && bytesWaiting()?.(this.job.socketFd) === 0) this.inputEnded = true;
   }
 
   private headerOf(r: Received): Buffer {

@@ -249,3 +249,21 @@ test('thin export on threads: random writes, trims, zeroes, flushes and reads on
     if (!closed) await close();
   }
 });
+
+test('thin export on threads: a client that sends writes and hangs up at once is let go, and commits go on', async () => {
+  const { pool, server, sock, close } = await servePool(true);
+  try {
+    for (let round = 0; round < 3; round++) {
+      const c = await attach(sock, 't');
+      await until(() => server.threadedCount === 1);
+      for (let i = 0; i < 8; i++) c.sendRequest(CMD.WRITE, 0, BigInt(i), (round * 8 + i) * BLOCK, BLOCK, Buffer.alloc(BLOCK, i + 1));
+      if (round === 0) c.socket.end(); // half-closed: the replies may still go out
+      else c.close();
+      await until(() => server.connectionCount === 0, 5000);
+      // nothing the connection planned is left unsettled: a commit does not wait for it forever
+      await Promise.race([pool.commit(), new Promise((_, reject) => setTimeout(() => reject(new Error('commit stuck')), 5000))]);
+    }
+  } finally {
+    await close();
+  }
+});
