@@ -3,11 +3,11 @@
  * thread (transmission-threads.ts): the worker side, run by transmission-thread.ts.
  */
 import { receiveMessageOnPort } from 'node:worker_threads';
-import { readSync, writeSync } from 'node:fs';
+import { readSync } from 'node:fs';
 import { CMD, CMD_FLAG } from './protocol.js';
 import { checkRequest } from './request-check.js';
-import { decodeRequest, encodeDataChunkHeader, encodeSimpleReply, REQUEST_HEADER_LENGTH, type Request } from './request-codec.js';
-import { BlockingSocket, postHanded } from './thread-io.js';
+import { decodeRequest, encodeSimpleReply, REQUEST_HEADER_LENGTH, type Request } from './request-codec.js';
+import { BlockingSocket, postHanded, preadFully, pwriteFully, readReplyHead } from './thread-io.js';
 import { libcBinding } from '../util/libc.js';
 import { zeroOutside, type DataRun, type RequestPlan } from '../thin/thin-device.js';
 import type { PlanCall, Settled, ThreadJob } from './transmission-threads.js';
@@ -183,7 +183,6 @@ export class PlannedConnection {
         this.stop = undefined;
         continue;
       }
-      this.settle();
       input.release([]);
       if (!input.receive(true)) return;
     }
@@ -277,7 +276,7 @@ export class PlannedConnection {
     input.start += inBuffer;
     const rest = req.length - inBuffer;
     const ok = keep ? this.socket.readFully(payload.subarray(inBuffer), rest) : this.socket.skip(rest, payload);
-    return ok && this.socket.writeAll(this.handOver(Buffer.from(this.headerOf(r)), keep ? payload : undefined));
+    return ok && this.socket.writeAll(this.handOver(this.headerOf(r), keep ? payload : undefined));
   }
 
   private handOver(header: Buffer, payload: Buffer | undefined): Buffer[] {
@@ -323,24 +322,12 @@ export class PlannedConnection {
 function doPlanned(job: ThreadJob, req: Request, runs: readonly DataRun[], data: Buffer): Buffer[] | null {
   try {
     if (req.type === CMD.WRITE) {
-      for (const r of runs) {
-        for (let done = 0; done < r.length;) done += writeSync(job.fileFd, data, r.at + done, r.length - done, r.dataOffset + done);
-      }
+      for (const r of runs) pwriteFully(job.fileFd, data, r.at, r.length, r.dataOffset);
       return [encodeSimpleReply(req.cookie, 0)];
     }
     zeroOutside(data, runs);
-    for (const r of runs) {
-      for (let done = 0; done < r.length;) {
-        const n = readSync(job.fileFd, data, r.at + done, r.length - done, r.dataOffset + done);
-        if (n === 0) {
-          data.fill(0, r.at + done, r.at + r.length); // past the data file's end
-          break;
-        }
-        done += n;
-      }
-    }
-    const head = job.ctx.structuredReplies ? encodeDataChunkHeader(req.cookie, req.offset, req.length, true) : encodeSimpleReply(req.cookie, 0);
-    return [head, data];
+    for (const r of runs) preadFully(job.fileFd, data, r.at, r.length, r.dataOffset);
+    return [readReplyHead(job.ctx, req), data];
   } catch {
     return null;
   }

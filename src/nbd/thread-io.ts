@@ -3,9 +3,33 @@
  * planned-connection.ts for planned exports): a blocking socket, and handing a request to the
  * main thread.
  */
-import { readSync, writevSync } from 'node:fs';
+import { readSync, writeSync, writevSync } from 'node:fs';
 import { dropFront } from './iovec.js';
+import { encodeDataChunkHeader, encodeSimpleReply, type Request } from './request-codec.js';
+import type { CheckContext } from './request-check.js';
 import type { Handed, ThreadJob } from './transmission-threads.js';
+
+/** Fill `buf[at, at+length)` from `position` of file `fd`; zeros past the file's end. */
+export function preadFully(fd: number, buf: Buffer, at: number, length: number, position: number): void {
+  for (let done = 0; done < length;) {
+    const n = readSync(fd, buf, at + done, length - done, position + done);
+    if (n === 0) {
+      buf.fill(0, at + done, at + length);
+      return;
+    }
+    done += n;
+  }
+}
+
+/** Write `buf[at, at+length)` at `position` of file `fd`. */
+export function pwriteFully(fd: number, buf: Buffer, at: number, length: number, position: number): void {
+  for (let done = 0; done < length;) done += writeSync(fd, buf, at + done, length - done, position + done);
+}
+
+/** The reply header for a successful READ whose data follows it. */
+export function readReplyHead(ctx: CheckContext, req: Request): Buffer {
+  return ctx.structuredReplies ? encodeDataChunkHeader(req.cookie, req.offset, req.length, true) : encodeSimpleReply(req.cookie, 0);
+}
 
 /** Blocking reads and writes on a connected socket, starting with bytes already received. */
 export class BlockingSocket {

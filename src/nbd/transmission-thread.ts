@@ -11,13 +11,11 @@
  * (transmission.ts `answer`); this thread waits for the reply bytes and writes them.
  */
 import { parentPort, receiveMessageOnPort } from 'node:worker_threads';
-import { fdatasyncSync, readSync, writeSync } from 'node:fs';
+import { fdatasyncSync } from 'node:fs';
 import { CMD, CMD_FLAG } from './protocol.js';
 import { checkRequest } from './request-check.js';
-import {
-  decodeRequest, encodeDataChunkHeader, encodeSimpleReply, REQUEST_HEADER_LENGTH, type Request,
-} from './request-codec.js';
-import { BlockingSocket, postHanded } from './thread-io.js';
+import { decodeRequest, encodeSimpleReply, REQUEST_HEADER_LENGTH, type Request } from './request-codec.js';
+import { BlockingSocket, postHanded, preadFully, pwriteFully, readReplyHead } from './thread-io.js';
 import { PlannedConnection } from './planned-connection.js';
 import type { ThreadJob, ThreadMessage } from './transmission-threads.js';
 
@@ -37,22 +35,13 @@ function serveHere(job: ThreadJob, req: Request, data: Buffer): Buffer[] | null 
   const { fileFd, ctx } = job;
   try {
     switch (req.type) {
-      case CMD.READ: {
+      case CMD.READ:
         if (req.length === 0) return null;
-        const buf = data.subarray(0, req.length);
-        for (let done = 0; done < req.length;) {
-          const n = readSync(fileFd, buf, done, req.length - done, req.offset + done);
-          if (n === 0) {
-            buf.fill(0, done); // past the file's end (an export larger than its file)
-            break;
-          }
-          done += n;
-        }
-        const head = ctx.structuredReplies ? encodeDataChunkHeader(req.cookie, req.offset, req.length, true) : encodeSimpleReply(req.cookie, 0);
-        return [head, buf];
-      }
+        // (zeros past the file's end: an export larger than its file)
+        preadFully(fileFd, data, 0, req.length, req.offset);
+        return [readReplyHead(ctx, req), data.subarray(0, req.length)];
       case CMD.WRITE:
-        for (let done = 0; done < req.length;) done += writeSync(fileFd, data, done, req.length - done, req.offset + done);
+        pwriteFully(fileFd, data, 0, req.length, req.offset);
         if ((req.flags & CMD_FLAG.FUA) !== 0) fdatasyncSync(fileFd);
         return [encodeSimpleReply(req.cookie, 0)];
       case CMD.FLUSH:

@@ -330,7 +330,6 @@ export class ThinDevice {
           }
           // the ordinary path tries again and answers with the error it meets
           plans[i] = 'alone';
-          ioPending = true; // (blocks it mapped before failing were written, but be safe)
         }
       }
       // counted before the mutex is let go, so no commit slips in between
