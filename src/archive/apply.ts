@@ -18,7 +18,7 @@ import { isUtf8 } from 'node:buffer';
 import { tmpdir } from 'node:os';
 import type { Readable } from 'node:stream';
 import { isErrno, isStrataError, strataError } from '../errors.js';
-import { SmallFileWriter } from './file-writer.js';
+import { MAX_FILE, SmallFileWriter } from './file-writer.js';
 import { mknodSync, setXattrSync } from './native.js';
 import { RootResolver, baseOf, dirOf, entryPath, goClean } from './paths.js';
 import { TYPE, type TarHeader } from './tar/header.js';
@@ -64,7 +64,7 @@ export interface ApplyResult {
 
 const O_CREATE_FILE = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
 /** Largest file written by the pipelined path (its data is held until written). */
-const PIPELINE_MAX = 1 << 20;
+const PIPELINE_MAX = MAX_FILE;
 /** Small files before the file writer's thread is started: a small layer is done sooner without. */
 const WRITER_AFTER_FILES = 256;
 const WRITER_BATCHES_IN_FLIGHT = 3;
@@ -244,10 +244,9 @@ class Applier {
         const fresh = this.isNew(parent, path);
         this.diskSize += entry.dataSize;
         if (fresh && this.concurrency > 1 && entry.dataSize <= PIPELINE_MAX) {
-          const data = await entry.readAll();
           this.created.add(path);
           this.unpacked.add(path);
-          await this.pipeline(path, rel, data, h);
+          await this.pipeline(path, rel, entry);
           return;
         }
         if (!fresh) await this.drain();
@@ -335,17 +334,21 @@ class Applier {
    * has shown it has many (file-writer.ts), else (and for files with xattrs) its open on the
    * thread pool. At most `concurrency` opens or batches in flight.
    */
-  private async pipeline(path: string, rel: string, data: Buffer, h: TarHeader): Promise<void> {
+  private async pipeline(path: string, rel: string, entry: TarEntry): Promise<void> {
+    const h = entry.header;
     while (this.inflight.size >= this.concurrency) await Promise.race(this.inflight);
     if (this.failure) await this.drain();
     const writer = this.smallFileWriter(h);
     if (writer) {
       // two batches queued behind the one being written keep the thread busy; more only cost memory
       while (writer.inFlight >= WRITER_BATCHES_IN_FLIGHT) await Promise.race(this.inflight);
-      const sent = writer.add(path, rel, data, h);
+      // one copy, from the stream's chunks (which may be lent) straight into the batch
+      await readInto(entry, writer.reserve(entry.dataSize));
+      const sent = writer.add(path, rel, entry.dataSize, h);
       if (sent) this.track(sent);
       return;
     }
+    const data = await readInto(entry, Buffer.allocUnsafe(entry.dataSize));
     // only the open (path lookup, inode allocation: the slow part) goes to the thread pool;
     // the writes and metadata calls on the new fd are cheap and stay synchronous
     const task = new Promise<void>((resolve, reject) => {
@@ -500,6 +503,13 @@ function mapError(err: unknown, name?: string): unknown {
     return strataError('INVALID_ARCHIVE', `cannot apply ${path}: ${(err as Error).message}`, { path }, err);
   }
   return err;
+}
+
+/** An entry's data copied into `into` (exactly its size). */
+async function readInto(entry: TarEntry, into: Buffer): Promise<Buffer> {
+  let at = 0;
+  for await (const chunk of entry.chunks()) at += chunk.copy(into, at);
+  return into;
 }
 
 function writeAll(fd: number, chunk: Buffer): void {

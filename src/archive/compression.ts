@@ -149,13 +149,15 @@ export async function openLayerStream(source: Readable): Promise<Readable> {
   }
   const kind = detectCompression(Buffer.concat(head));
   const input = rest(head, it);
+  // chunks pass as they are: a byte-mode Readable would concatenate whatever it has buffered
+  const chunks = { objectMode: true, highWaterMark: 2 };
   switch (kind) {
     case 'none':
-      return Readable.from(input, { objectMode: false });
+      return Readable.from(input, chunks);
     case 'gzip':
-      return Readable.from(gunzip(input), { objectMode: false });
+      return Readable.from(gunzip(input), chunks);
     case 'zstd':
-      return Readable.from(unzstd(input), { objectMode: false });
+      return Readable.from(unzstd(input), chunks);
     default:
       source.destroy();
       throw strataError('UNSUPPORTED_ARCHIVE',

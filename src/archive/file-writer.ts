@@ -42,13 +42,16 @@ export interface BatchReply {
 /** A batch is sent once it holds this many bytes or files. */
 const BATCH_BYTES = 1 << 20;
 const BATCH_FILES = 256;
-/** Room for a batch: files are at most 1 MiB (PIPELINE_MAX), so a batch stays under 2 MiB. */
-const BUFFER_BYTES = 2 << 20;
+/** Largest file a batch takes. */
+export const MAX_FILE = 1 << 20;
+/** Room for a batch: under BATCH_BYTES before the last file, so at most BATCH_BYTES + MAX_FILE. */
+const BUFFER_BYTES = BATCH_BYTES + MAX_FILE;
 
 export class SmallFileWriter {
   private files: FileJob[] = [];
   private rels: string[] = [];
-  private chunks: Buffer[] = [];
+  /** The batch being filled: files' bytes are copied in as they arrive. */
+  private data: ArrayBuffer | null = null;
   private bytes = 0;
   private nextId = 1;
   /** Batch buffers back from the worker: reused, since fresh memory costs page faults to fill. */
@@ -80,36 +83,39 @@ export class SmallFileWriter {
   }
 
   /**
-   * Queue a file. Returns the promise of the batch it completed when that batch was sent (it
-   * rejects with the first failure; `rel` on the error names the entry), else null.
+   * Room in the batch for the next file's `length` bytes (at most MAX_FILE): fill it, then `add`
+   * the file. Until then the room is not taken, so a file whose data fails to arrive leaves none.
    */
-  add(path: string, rel: string, data: Buffer, h: TarHeader): Promise<void> | null {
+  reserve(length: number): Buffer {
+    if (length > MAX_FILE) throw new RangeError(`SmallFileWriter: a file of ${length} bytes is over ${MAX_FILE}`);
+    this.data ??= this.spare.pop() ?? new ArrayBuffer(BUFFER_BYTES);
+    return Buffer.from(this.data, this.bytes, length);
+  }
+
+  /**
+   * Queue the file whose bytes were put in the room `reserve(length)` gave. Returns the promise
+   * of the batch it completed when that batch was sent (it rejects with the first failure; `rel`
+   * on the error names the entry), else null.
+   */
+  add(path: string, rel: string, length: number, h: TarHeader): Promise<void> | null {
     this.files.push({
-      path, offset: this.bytes, length: data.length, mode: h.mode & 0o7777, uid: h.uid, gid: h.gid, atime: h.atime ?? h.mtime, mtime: h.mtime,
+      path, offset: this.bytes, length, mode: h.mode & 0o7777, uid: h.uid, gid: h.gid, atime: h.atime ?? h.mtime, mtime: h.mtime,
     });
     this.rels.push(rel);
-    this.chunks.push(data);
-    this.bytes += data.length;
+    this.bytes += length;
     return this.bytes >= BATCH_BYTES || this.files.length >= BATCH_FILES ? this.send() : null;
   }
 
   /** Send what is queued; the promise of that batch, or null if nothing was queued. */
   send(): Promise<void> | null {
     if (this.files.length === 0) return null;
-    // one copy into a buffer the worker then owns: the chunks are views of the tar stream's
-    const data = this.spare.pop() ?? new ArrayBuffer(Math.max(BUFFER_BYTES, this.bytes));
-    const view = new Uint8Array(data);
-    let at = 0;
-    for (const c of this.chunks) {
-      view.set(c, at);
-      at += c.length;
-    }
+    const data = this.data!;
     const batch: FileBatch = { id: this.nextId++, chown: this.chown, data, files: this.files };
     const done = new Promise<void>((resolve, reject) => this.pending.set(batch.id, { rels: this.rels, resolve, reject }));
     this.worker.postMessage(batch, [data]);
     this.files = [];
     this.rels = [];
-    this.chunks = [];
+    this.data = null;
     this.bytes = 0;
     return done;
   }

@@ -11,6 +11,7 @@ export { parsePaxRecords, encodePaxRecords, formatPaxRecord, type PaxRecords } f
 export { readTar, type TarEntry, type ReadTarOptions } from './tar/reader.js';
 export { TarWriter, buildTar } from './tar/writer.js';
 export { openLayerStream, detectCompression, type Compression } from './compression.js';
+export { FileChunks, type ChunkTap } from './file-chunks.js';
 export {
   TarSplitRecorder, assembleTar, encodeTarSplitEntry, decodeTarSplitEntry,
   type TarSplitEntry, type TarSplitResult, type TarSplitRecorderOptions, type OpenFile,

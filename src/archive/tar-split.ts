@@ -108,7 +108,7 @@ export class TarSplitRecorder extends Transform {
   private digest: string | null = null;
 
   constructor(private readonly sink: Writable, private readonly opts: TarSplitRecorderOptions = {}) {
-    super({ highWaterMark: 1 << 20 });
+    super({ writableHighWaterMark: 1 << 20, readableObjectMode: true, readableHighWaterMark: 2 });
     this.done = new Promise((resolve, reject) => {
       this.resolveDone = resolve;
       this.rejectDone = reject;
@@ -153,11 +153,26 @@ export class TarSplitRecorder extends Transform {
     else this.gzip.once('drain', cb);
   }
 
-  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+  /**
+   * Record a chunk without passing it on: for a source that shows each chunk to the recorder
+   * itself (FileChunks.tap). Throws what the tar's parsing throws. Resolves once gzip has room
+   * again; end the recorder with `end()` when the input has ended.
+   */
+  record(chunk: Buffer): Promise<void> | undefined {
+    this.consume(chunk);
+    if (this.pendingLength < 64 * 1024) return undefined;
+    return new Promise((resolve) => this.flushPending(resolve));
+  }
+
+  private consume(chunk: Buffer): void {
     this.hash.update(chunk);
     this.bytes += chunk.length;
+    this.splitter.push(chunk);
+  }
+
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
     try {
-      this.splitter.push(chunk);
+      this.consume(chunk);
     } catch (err) {
       cb(err as Error);
       return;

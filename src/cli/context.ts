@@ -1,12 +1,13 @@
 import type { Command } from 'commander';
-import { createReadStream, createWriteStream } from 'node:fs';
+import { createWriteStream } from 'node:fs';
 import { pipeline } from 'node:stream/promises';
-import { stat, rename, rm } from 'node:fs/promises';
+import { rename, rm } from 'node:fs/promises';
 import { Transform, type Readable, type TransformCallback } from 'node:stream';
 import { Strata } from '../strata.js';
 import { strataError } from '../errors.js';
 import { globalsOf } from './main.js';
 import { formatSize } from '../util/units.js';
+import { FileChunks } from '../archive/index.js';
 
 /** Open the library for a subcommand, from the global flags. */
 export async function openStrata(cmd: Command): Promise<Strata> {
@@ -64,27 +65,36 @@ export function since(iso: string): string {
 
 /**
  * Open FILE (or `-` for stdin) as a stream; when stderr is a terminal, show bytes read so far
- * (and the total when known) so long imports are not silent.
+ * (and the total when known) so long imports are not silent. A file is read as FileChunks, whose
+ * recycled buffers the layer store can parse and record without copying.
  */
 export async function openInput(path: string): Promise<Readable> {
-  // 1 MiB reads: a layer tar is read once, start to end
-  const source: Readable = path === '-' ? process.stdin : createReadStream(path, { highWaterMark: 1 << 20 });
+  const source: Readable = path === '-' ? process.stdin : await FileChunks.open(path);
   if (!process.stderr.isTTY) return source;
-  const total = path === '-' ? 0 : (await stat(path)).size;
+  const total = source instanceof FileChunks ? source.size : 0;
   let done = 0;
   let last = 0;
+  const show = (chunk: Buffer) => {
+    done += chunk.length;
+    const now = Date.now();
+    if (now - last > 200) {
+      last = now;
+      process.stderr.write(`\r${formatSize(done)}${total ? ` / ${formatSize(total)}` : ''}   `);
+    }
+  };
+  const clear = () => process.stderr.write('\r\x1b[K');
+  if (source instanceof FileChunks) {
+    source.tap(show);
+    source.once('end', clear);
+    return source;
+  }
   const meter = new Transform({
     transform(chunk: Buffer, _enc, cb: TransformCallback) {
-      done += chunk.length;
-      const now = Date.now();
-      if (now - last > 200) {
-        last = now;
-        process.stderr.write(`\r${formatSize(done)}${total ? ` / ${formatSize(total)}` : ''}   `);
-      }
+      show(chunk);
       cb(null, chunk);
     },
     flush(cb) {
-      process.stderr.write('\r\x1b[K');
+      clear();
       cb();
     },
   });

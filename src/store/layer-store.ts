@@ -20,7 +20,7 @@ import { PassThrough, type Readable } from 'node:stream';
 import { DigestVerifier } from '../util/digest-verifier.js';
 import { pipeline } from 'node:stream/promises';
 import type { Driver } from '../drivers/driver.js';
-import { TarSplitRecorder, assembleTar, decodeTarSplitEntry, openLayerStream } from '../archive/index.js';
+import { FileChunks, TarSplitRecorder, assembleTar, decodeTarSplitEntry, openLayerStream } from '../archive/index.js';
 import { createGunzip } from 'node:zlib';
 import { createInterface } from 'node:readline';
 import { strataError, isErrno, isStrataError } from '../errors.js';
@@ -155,10 +155,20 @@ export class LayerStore {
     const tarSplitTmp = join(this.tmp, `${cacheId}.${TAR_SPLIT}`);
     try {
       await this.driver.create(cacheId, parentInfo?.cacheId ?? null);
-      const tar = await openLayerStream(input);
       const recorder = new TarSplitRecorder(createWriteStream(tarSplitTmp));
-      const passthrough = tar.pipe(recorder);
-      tar.on('error', (err) => recorder.destroy(err));
+      let passthrough: Readable;
+      if (input instanceof FileChunks && input.compression === 'none') {
+        // the recorder sees each chunk as it is read; the driver reads the same lent buffers
+        input.tap((chunk) => recorder.record(chunk));
+        input.once('end', () => recorder.end());
+        input.on('error', (err) => recorder.destroy(err));
+        recorder.on('error', () => undefined); // nobody reads it: its failure comes from finished()
+        passthrough = input;
+      } else {
+        const tar = await openLayerStream(input);
+        passthrough = tar.pipe(recorder);
+        tar.on('error', (err) => recorder.destroy(err));
+      }
       const size = await this.driver.applyDiff(cacheId, parentInfo?.cacheId ?? null, passthrough);
       // The driver stops at the end-of-archive marker; the DiffID covers trailing padding too.
       passthrough.resume();

@@ -25,7 +25,10 @@ export interface TarEntry {
   dataSize: number;
   /** The data as a stream with backpressure. Read it, or leave it: the reader skips the rest. */
   readonly body: Readable;
-  /** The data as zero-copy chunks (faster than `body`; use one or the other). */
+  /**
+   * The data as zero-copy chunks (faster than `body`; use one or the other). From a lending
+   * source (FileChunks) a chunk is valid only until the next one is asked for: copy what you keep.
+   */
   chunks(): AsyncGenerator<Buffer, void, undefined>;
   /** All the data in one buffer (for small entries: it is held in memory). */
   readAll(): Promise<Buffer>;
@@ -47,6 +50,20 @@ function truncated(what: string, context: Record<string, unknown> = {}): Error {
   return strataError('TRUNCATED_ARCHIVE', `tar archive is truncated: input ended inside ${what}`, context);
 }
 
+/**
+ * A source that lends its chunks (FileChunks): each may be overwritten once given back. The
+ * reader gives a chunk back when its bytes have been consumed and the caller has come back for
+ * more, so a data piece stays valid until the next call into the reader; everything the reader
+ * keeps or hands out whole (header blocks, `raw`, `readAll`) is copied.
+ */
+export interface LendingSource {
+  release(chunk: Uint8Array): void;
+}
+
+function isLending(source: unknown): source is LendingSource {
+  return typeof (source as Partial<LendingSource>).release === 'function';
+}
+
 /** Buffers source chunks; hands out exact byte counts or zero-copy slices. */
 class ByteSource {
   private readonly chunks: Buffer[] = [];
@@ -54,13 +71,27 @@ class ByteSource {
   length = 0;
   done = false;
   private readonly it: AsyncIterator<unknown>;
+  private readonly lender: LendingSource | null;
+  /** Pieces are lent: a caller that keeps one past its next call must copy it. */
+  readonly lends: boolean;
+  /** Chunks consumed whose last piece the caller may still be using: released at its next call. */
+  private consumed: Buffer[] = [];
 
   constructor(source: AsyncIterable<unknown>) {
     this.it = source[Symbol.asyncIterator]();
+    this.lender = isLending(source) ? source : null;
+    this.lends = this.lender !== null;
+  }
+
+  private releaseConsumed(): void {
+    if (this.consumed.length === 0) return;
+    for (const chunk of this.consumed) this.lender!.release(chunk);
+    this.consumed = [];
   }
 
   /** Ensure `n` bytes are buffered; false if the input ends first. */
   async need(n: number): Promise<boolean> {
+    this.releaseConsumed();
     while (this.length < n && !this.done) {
       const r = await this.it.next();
       if (r.done) {
@@ -76,11 +107,11 @@ class ByteSource {
     return this.length >= n;
   }
 
-  /** Exactly n buffered bytes (copied when they span chunks). */
+  /** Exactly n buffered bytes (copied when they span chunks or the source lends them). */
   take(n: number): Buffer {
     const first = this.chunks[this.head]!;
     if (first.length >= n) {
-      return this.takeSome(n);
+      return this.lender ? Buffer.from(this.takeSome(n)) : this.takeSome(n);
     }
     const out = Buffer.allocUnsafe(n);
     let off = 0;
@@ -94,8 +125,10 @@ class ByteSource {
 
   /** Up to `max` bytes from the first buffered chunk (zero copy). Requires length > 0. */
   takeSome(max: number): Buffer {
+    this.releaseConsumed();
     const first = this.chunks[this.head]!;
     if (first.length <= max) {
+      if (this.lender) this.consumed.push(first);
       this.chunks[this.head] = undefined as unknown as Buffer;
       this.head++;
       if (this.head > 64 && this.head * 2 > this.chunks.length) {
@@ -116,6 +149,7 @@ class ByteSource {
   }
 
   async return(): Promise<void> {
+    this.releaseConsumed();
     await this.it.return?.();
   }
 }
@@ -169,7 +203,7 @@ class Entry implements TarEntry {
     for (;;) {
       const c = await this.nextChunk();
       if (c === null) return parts.length === 1 ? parts[0]! : Buffer.concat(parts);
-      parts.push(c);
+      parts.push(this.src.lends ? Buffer.from(c) : c);
     }
   }
 
@@ -194,7 +228,7 @@ class Entry implements TarEntry {
             body.push(null);
             return;
           }
-          if (!body.push(c)) return;
+          if (!body.push(this.src.lends ? Buffer.from(c) : c)) return;
         }
       } catch (err) {
         body.destroy(err as Error);
