@@ -12,6 +12,7 @@ export { readTar, type TarEntry, type ReadTarOptions } from './tar/reader.js';
 export { TarWriter, buildTar } from './tar/writer.js';
 export { openLayerStream, detectCompression, type Compression } from './compression.js';
 export { FileChunks, type ChunkTap } from './file-chunks.js';
+export { recordTarSplit } from './tar-split-tap.js';
 export {
   TarSplitRecorder, assembleTar, encodeTarSplitEntry, decodeTarSplitEntry,
   type TarSplitEntry, type TarSplitResult, type TarSplitRecorderOptions, type OpenFile,

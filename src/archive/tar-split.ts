@@ -11,7 +11,7 @@
  */
 import { createHash } from 'node:crypto';
 import { Transform, type Readable, type TransformCallback, type Writable } from 'node:stream';
-import { createGunzip, createGzip, type Gzip } from 'node:zlib';
+import { createGunzip, createGzip, type Gzip, type ZlibOptions } from 'node:zlib';
 import { isStrataError, strataError } from '../errors.js';
 import { Crc64 } from './crc64.js';
 import { goJsonString } from './go-json.js';
@@ -114,7 +114,11 @@ export class TarSplitRecorder extends Transform {
       this.rejectDone = reject;
     });
     this.done.catch(() => undefined);
-    this.gzip = createGzip(opts.level === undefined ? {} : { level: opts.level });
+    // Records wait for gzip only once it is a few MiB behind (zlib passes stream options on):
+    // it compresses on the thread pool, and at its default 16 KiB every flush waited for it.
+    const gzipOptions: ZlibOptions & { writableHighWaterMark: number } = { writableHighWaterMark: 4 << 20 };
+    if (opts.level !== undefined) gzipOptions.level = opts.level;
+    this.gzip = createGzip(gzipOptions);
     this.gzip.on('error', (err) => this.destroy(err));
     sink.on('error', (err) => this.destroy(err));
     this.gzip.pipe(sink);

@@ -20,7 +20,9 @@ import { PassThrough, type Readable } from 'node:stream';
 import { DigestVerifier } from '../util/digest-verifier.js';
 import { pipeline } from 'node:stream/promises';
 import type { Driver } from '../drivers/driver.js';
-import { FileChunks, TarSplitRecorder, assembleTar, decodeTarSplitEntry, openLayerStream } from '../archive/index.js';
+import {
+  FileChunks, TarSplitRecorder, assembleTar, decodeTarSplitEntry, openLayerStream, recordTarSplit, type TarSplitResult,
+} from '../archive/index.js';
 import { createGunzip } from 'node:zlib';
 import { createInterface } from 'node:readline';
 import { strataError, isErrno, isStrataError } from '../errors.js';
@@ -155,19 +157,18 @@ export class LayerStore {
     const tarSplitTmp = join(this.tmp, `${cacheId}.${TAR_SPLIT}`);
     try {
       await this.driver.create(cacheId, parentInfo?.cacheId ?? null);
-      const recorder = new TarSplitRecorder(createWriteStream(tarSplitTmp));
+      let recorded: Promise<TarSplitResult>;
       let passthrough: Readable;
       if (input instanceof FileChunks && input.compression === 'none') {
         // the recorder sees each chunk as it is read; the driver reads the same lent buffers
-        input.tap((chunk) => recorder.record(chunk));
-        input.once('end', () => recorder.end());
-        input.on('error', (err) => recorder.destroy(err));
-        recorder.on('error', () => undefined); // nobody reads it: its failure comes from finished()
+        recorded = recordTarSplit(input, tarSplitTmp);
         passthrough = input;
       } else {
+        const recorder = new TarSplitRecorder(createWriteStream(tarSplitTmp));
         const tar = await openLayerStream(input);
         passthrough = tar.pipe(recorder);
         tar.on('error', (err) => recorder.destroy(err));
+        recorded = recorder.finished();
       }
       const size = await this.driver.applyDiff(cacheId, parentInfo?.cacheId ?? null, passthrough);
       // The driver stops at the end-of-archive marker; the DiffID covers trailing padding too.
@@ -176,7 +177,7 @@ export class LayerStore {
         if (passthrough.readableEnded) return resolve();
         passthrough.once('end', resolve).once('error', reject);
       });
-      const diffId = (await recorder.finished()).diffId as Digest;
+      const diffId = (await recorded).diffId as Digest;
       const chainId = parent ? sha256(`${parent} ${diffId}`) : diffId;
       if (await this.has(chainId)) {
         await this.driver.remove(cacheId);

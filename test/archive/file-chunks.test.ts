@@ -5,7 +5,7 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
-import { FileChunks, applyLayerTar, readTar } from '../../src/archive/index.js';
+import { FileChunks, applyLayerTar, readTar, recordTarSplit } from '../../src/archive/index.js';
 import { Strata } from '../../src/strata.js';
 import { isStrataError } from '../../src/errors.js';
 import { bufferStream, collect, run, snapshot, tempDir } from './helpers.js';
@@ -95,6 +95,18 @@ describe('FileChunks: lent, recycled buffers', () => {
     const rebuilt = await collect(await layer!.open());
     assert.equal(`sha256:${createHash('sha256').update(rebuilt).digest('hex')}`, fileDigest);
     await strata.close();
+  });
+
+  it('a recording whose input is closed before its end fails instead of waiting forever', async () => {
+    const { tar } = sourceTree();
+    const input = await FileChunks.open(tar, { chunkSize: 4096 });
+    const recorded = recordTarSplit(input, `${t.dir}/closed.tar-split.json.gz`);
+    let seen = 0;
+    input.on('data', (chunk: Buffer) => {
+      input.release(chunk);
+      if (++seen === 3) input.destroy(); // closed, with no error of its own
+    });
+    await assert.rejects(recorded, (e) => isStrataError(e, 'INTERNAL') && /closed before its end/.test(e.message));
   });
 
   it('a truncated tar read from FileChunks is refused and leaves nothing behind', async () => {
