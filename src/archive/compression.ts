@@ -7,20 +7,11 @@ import { Readable } from 'node:stream';
 import { createGunzip } from 'node:zlib';
 import { Decompress as ZstdDecompress } from 'fzstd';
 import { isStrataError, strataError } from '../errors.js';
-
-export type Compression = 'none' | 'gzip' | 'zstd' | 'bzip2' | 'xz';
+import { FileChunks } from './file-chunks.js';
+import { detectCompression } from './magic.js';
 
 /** Largest zstd window accepted (zstd's own default decoder limit is 128 MiB, --long=27). */
 const MAX_ZSTD_WINDOW = 128 << 20;
-
-export function detectCompression(head: Uint8Array): Compression {
-  const b = (i: number) => head[i];
-  if (b(0) === 0x1f && b(1) === 0x8b && b(2) === 0x08) return 'gzip';
-  if (b(0) === 0x28 && b(1) === 0xb5 && b(2) === 0x2f && b(3) === 0xfd) return 'zstd';
-  if (b(0) === 0x42 && b(1) === 0x5a && b(2) === 0x68) return 'bzip2';
-  if (b(0) === 0xfd && b(1) === 0x37 && b(2) === 0x7a && b(3) === 0x58 && b(4) === 0x5a && b(5) === 0x00) return 'xz';
-  return 'none';
-}
 
 /**
  * Window size a zstd frame header asks for, or null if the header is not complete yet.
@@ -137,6 +128,7 @@ async function* unzstd(input: AsyncGenerator<Buffer>): AsyncGenerator<Buffer> {
  * uncompressed tar stream (backpressure preserved). bzip2 and xz: UNSUPPORTED_ARCHIVE.
  */
 export async function openLayerStream(source: Readable): Promise<Readable> {
+  if (source instanceof FileChunks && source.compression === 'none') return source; // chunks stay lent
   const it = source[Symbol.asyncIterator]();
   const head: Buffer[] = [];
   let have = 0;

@@ -12,11 +12,12 @@
  * every chunk in order before the consumer does, and may hold the reading back by returning a
  * promise: the tar-split recorder and a progress meter see the bytes without a stream between.
  */
-import { close, fstat, open, read } from 'node:fs';
+import { close, createReadStream, fstat, open, read } from 'node:fs';
+import { stat } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { promisify } from 'node:util';
 import { strataError } from '../errors.js';
-import { detectCompression, type Compression } from './compression.js';
+import { detectCompression, type Compression } from './magic.js';
 
 const DEFAULT_CHUNK = 1 << 20;
 const openAsync = promisify(open);
@@ -101,4 +102,13 @@ export class FileChunks extends Readable {
     if (this.reading) this.closeWhenRead = closeFd;
     else closeFd();
   }
+}
+
+/**
+ * Read `path` start to end: as FileChunks when it is a regular file, else (a pipe such as
+ * `<(cat layer.tar)`, a character device) as a plain read stream, which cannot be read at offsets.
+ */
+export async function openFileInput(path: string): Promise<Readable> {
+  if ((await stat(path)).isFile()) return FileChunks.open(path);
+  return createReadStream(path, { highWaterMark: DEFAULT_CHUNK });
 }

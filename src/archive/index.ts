@@ -10,8 +10,9 @@ export {
 export { parsePaxRecords, encodePaxRecords, formatPaxRecord, type PaxRecords } from './tar/pax.js';
 export { readTar, type TarEntry, type ReadTarOptions } from './tar/reader.js';
 export { TarWriter, buildTar } from './tar/writer.js';
-export { openLayerStream, detectCompression, type Compression } from './compression.js';
-export { FileChunks, type ChunkTap } from './file-chunks.js';
+export { openLayerStream } from './compression.js';
+export { detectCompression, type Compression } from './magic.js';
+export { FileChunks, openFileInput, type ChunkTap } from './file-chunks.js';
 export { recordTarSplit } from './tar-split-tap.js';
 export {
   TarSplitRecorder, assembleTar, encodeTarSplitEntry, decodeTarSplitEntry,

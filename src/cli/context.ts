@@ -7,7 +7,7 @@ import { Strata } from '../strata.js';
 import { strataError } from '../errors.js';
 import { globalsOf } from './main.js';
 import { formatSize } from '../util/units.js';
-import { FileChunks } from '../archive/index.js';
+import { FileChunks, openFileInput } from '../archive/index.js';
 
 /** Open the library for a subcommand, from the global flags. */
 export async function openStrata(cmd: Command): Promise<Strata> {
@@ -69,7 +69,7 @@ export function since(iso: string): string {
  * recycled buffers the layer store can parse and record without copying.
  */
 export async function openInput(path: string): Promise<Readable> {
-  const source: Readable = path === '-' ? process.stdin : await FileChunks.open(path);
+  const source: Readable = path === '-' ? process.stdin : await openFileInput(path);
   if (!process.stderr.isTTY) return source;
   const total = source instanceof FileChunks ? source.size : 0;
   let done = 0;

@@ -10,7 +10,7 @@ import { createReadStream } from 'node:fs';
 import { join, sep } from 'node:path';
 import type { Readable } from 'node:stream';
 import type { Strata } from '../strata.js';
-import { applyLayerTar, openLayerStream } from '../archive/index.js';
+import { applyLayerTar, openFileInput, openLayerStream } from '../archive/index.js';
 import { strataError, isErrno } from '../errors.js';
 import { type Digest, sha256 } from '../store/digest.js';
 import { parseConfig } from '../store/image-store.js';
@@ -36,7 +36,7 @@ export async function loadImages(strata: Strata, source: string | Readable): Pro
   await mkdir(tmpRoot, { recursive: true, mode: 0o700 });
   const dir = await mkdtemp(join(tmpRoot, 'load-'));
   try {
-    const input = typeof source === 'string' ? createReadStream(source, READ_AHEAD) : source;
+    const input = typeof source === 'string' ? await openFileInput(source) : source;
     await applyLayerTar(dir, await openLayerStream(input), { whiteouts: 'aufs' });
     return await loadFromDirectory(strata, dir);
   } finally {
@@ -61,7 +61,7 @@ async function loadDockerArchive(strata: Strata, dir: string): Promise<LoadedIma
       if (item.Layers.length !== config.rootfs.diff_ids.length) {
         throw strataError('INVALID_ARCHIVE', `invalid manifest, layers length mismatch: expected ${config.rootfs.diff_ids.length}, got ${item.Layers.length}`);
       }
-      const layers = item.Layers.map((path) => async () => createReadStream(await inside(dir, path), READ_AHEAD) as Readable);
+      const layers = item.Layers.map((path) => async () => openFileInput(await inside(dir, path)));
       const tags = (item.RepoTags ?? []).map((t) => formatReference(withDefaultTag(parseReference(t))));
       const id = await strata.addImage(txn, configBytes, layers, tags);
       loaded.push({ id, tags });

@@ -3,9 +3,10 @@
 // moment it is released, so a byte used after release shows up as a wrong file or a wrong digest.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { FileChunks, applyLayerTar, readTar, recordTarSplit } from '../../src/archive/index.js';
+import { FileChunks, applyLayerTar, openFileInput, readTar, recordTarSplit } from '../../src/archive/index.js';
 import { Strata } from '../../src/strata.js';
 import { isStrataError } from '../../src/errors.js';
 import { bufferStream, collect, run, snapshot, tempDir } from './helpers.js';
@@ -107,6 +108,21 @@ describe('FileChunks: lent, recycled buffers', () => {
       if (++seen === 3) input.destroy(); // closed, with no error of its own
     });
     await assert.rejects(recorded, (e) => isStrataError(e, 'INTERNAL') && /closed before its end/.test(e.message));
+  });
+
+  it('a pipe given by path (bash\'s <(...)) is read as a stream, a regular file as FileChunks', async () => {
+    const { tar } = sourceTree();
+    const fifo = `${t.dir}/fifo`;
+    run('mkfifo', [fifo]);
+    const writer = spawn('sh', ['-c', `cat "$0" > "$1"`, tar, fifo]);
+    const written = new Promise((resolve) => writer.once('exit', resolve));
+    const piped = await openFileInput(fifo);
+    assert.ok(!(piped instanceof FileChunks));
+    assert.ok((await collect(piped)).equals(readFileSync(tar)));
+    assert.equal(await written, 0);
+    const file = await openFileInput(tar);
+    assert.ok(file instanceof FileChunks);
+    file.destroy();
   });
 
   it('a truncated tar read from FileChunks is refused and leaves nothing behind', async () => {
