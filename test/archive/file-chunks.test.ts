@@ -95,6 +95,9 @@ describe('FileChunks: lent, recycled buffers', () => {
     assert.equal(layer!.diffId, fileDigest);
     const rebuilt = await collect(await layer!.open());
     assert.equal(`sha256:${createHash('sha256').update(rebuilt).digest('hex')}`, fileDigest);
+    // the library takes the file's path too
+    const byPath = await strata.importImage(tar, { ref: 'chunks:2' });
+    assert.equal((await strata.imageLayers(byPath))[0]!.diffId, fileDigest);
     await strata.close();
   });
 
