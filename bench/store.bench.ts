@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
-import { scratchFilesystem } from '../test/helpers/btrfs.js';
+import { scratchFilesystem } from '../test/helpers/scratch-fs.js';
 
 const repo = fileURLToPath(new URL('..', import.meta.url));
 const cliPath = join(repo, 'bin', 'strata.js');

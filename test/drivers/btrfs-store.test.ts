@@ -14,7 +14,7 @@ import { isStrataError } from '../../src/errors.js';
 import { file, isRoot, layerTar, type FsOp } from '../helpers/fstest.js';
 import { strata as strataCli, strataOk } from '../helpers/cli.js';
 import { BASE_OPS, WHITEOUT_OPS, dockerArchive } from '../interop/fixtures.js';
-import { scratchBtrfs, sh } from '../helpers/btrfs.js';
+import { scratchBtrfs, sh } from '../helpers/scratch-fs.js';
 
 async function digestOf(stream: Readable): Promise<string> {
   const hash = createHash('sha256');

@@ -16,7 +16,7 @@ import { ioctlSubvolumeOps } from '../../src/drivers/btrfs/ioctl-ops.js';
 import { cliSubvolumeOps } from '../../src/drivers/btrfs/cli-ops.js';
 import { isSubvolume, type SubvolumeOps } from '../../src/drivers/btrfs/subvolume.js';
 import { isStrataError } from '../../src/errors.js';
-import { scratchBtrfs, sh } from '../helpers/btrfs.js';
+import { scratchBtrfs, sh } from '../helpers/scratch-fs.js';
 
 let scratch: Promise<{ mount: string; dispose: () => Promise<void> } | string> | null = null;
 const previousTmp = process.env.STRATA_TEST_TMP;

@@ -1,3 +1,4 @@
+// Scratch filesystems for tests and benches: a sparse file with a fresh btrfs or ext4, loop-mounted.
 import { execFile } from 'node:child_process';
 import { mkdir, mkdtemp, readFile, rm, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
