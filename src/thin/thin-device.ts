@@ -309,7 +309,10 @@ export class ThinDevice {
           for (const w of writes) {
             const at = w.data.byteOffset - r.data.byteOffset;
             if (w.data.buffer === r.data.buffer && at >= 0 && at + w.data.length <= r.data.length) {
-              runs.push({ at, dataOffset: w.offset, length: w.data.length });
+              // consecutive blocks that landed on consecutive data blocks: one pwrite
+              const prev = runs[runs.length - 1];
+              if (prev && prev.at + prev.length === at && prev.dataOffset + prev.length === w.offset) prev.length += w.data.length;
+              else runs.push({ at, dataOffset: w.offset, length: w.data.length });
               callerWrites.push(w);
             } else {
               here.push(w);

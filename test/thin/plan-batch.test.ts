@@ -50,6 +50,8 @@ test('planned writes and reads land where the plan says: whole blocks by the cal
   // whole blocks: the caller writes them from its own buffer; a partial first write to a block is
   // zeroed around and written by the pool (nothing left for the caller)
   assert.equal(runsOf(w.plans[0]).reduce((n, r) => n + r.length, 0), 2 * BLOCK);
+  // a fresh pool hands out consecutive data blocks: the two blocks are one pwrite for the caller
+  assert.equal(runsOf(w.plans[0]).length, 1);
   assert.deepEqual(w.plans[1], []);
   await carryOutWrite(data, w.plans[0], whole);
   w.settle();
