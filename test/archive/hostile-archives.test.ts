@@ -3,23 +3,35 @@
 // (the sentinel's listing, contents, modes and times, and the base directory) changed.
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import type { Readable } from 'node:stream';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { isStrataError } from '../../src/errors.js';
-import { applyLayerTar, openLayerStream } from '../../src/archive/index.js';
+import { FileChunks, applyLayerTar, openLayerStream } from '../../src/archive/index.js';
 import { bufferStream, snapshot, tempDir, IS_ROOT } from './helpers.js';
 import { fillSentinel, hostileCases, type Env } from './hostile-corpus.js';
 
 const indexUrl = new URL('../../src/archive/index.ts', import.meta.url).href;
 
-async function applyHere(env: Env, blob: Buffer, whiteouts: 'apply' | 'overlay' | 'aufs'): Promise<{ code: string; message: string }> {
+/** How the blob reaches the applier: a stream of 8 KiB pieces, or lent FileChunks read from a file. */
+type Source = 'stream' | 'file';
+
+async function applyHere(env: Env, blob: Buffer, whiteouts: 'apply' | 'overlay' | 'aufs', source: Source): Promise<{ code: string; message: string }> {
+  const spool = source === 'file' ? tempDir('strata-hostile-blob-') : null;
   try {
-    const tar = await openLayerStream(bufferStream(blob, 8192));
+    let input: Readable = bufferStream(blob, 8192);
+    if (spool) {
+      writeFileSync(`${spool.dir}/layer`, blob);
+      input = await FileChunks.open(`${spool.dir}/layer`, { chunkSize: 3000 });
+    }
+    const tar = await openLayerStream(input);
     await applyLayerTar(env.target, tar, { whiteouts });
     return { code: 'ok', message: '' };
   } catch (err) {
     return { code: isStrataError(err) ? err.code : `non-strata ${(err as Error).message}`, message: (err as Error).message };
+  } finally {
+    spool?.cleanup();
   }
 }
 
@@ -47,8 +59,15 @@ describe('hostile archives', () => {
   it('the corpus has at least 25 cases that must fail with a code', () => {
     assert.ok(hostileCases.filter((c) => c.expect !== 'contained').length >= 25);
   });
+  hostileSuite('stream');
+});
 
-  for (const c of hostileCases) {
+// `strata import FILE` reads FileChunks: recycled buffers the reader gives back as it goes
+describe('hostile archives read from a file as FileChunks', () => hostileSuite('file'));
+
+function hostileSuite(source: Source): void {
+  // (cases run as another user apply in a child process, which reads a stream either way)
+  for (const c of hostileCases.filter((h) => source === 'stream' || h.asUid === undefined)) {
     it(c.name, async (ctx) => {
       if (c.asUid !== undefined && !IS_ROOT) return ctx.skip('needs root to switch to an unprivileged uid');
       const t = tempDir('strata-hostile-');
@@ -65,7 +84,7 @@ describe('hostile archives', () => {
         const before = outside();
         const baseMtime = statSync(t.dir).mtimeMs;
         const blob = await c.build(env);
-        const result = c.asUid !== undefined ? applyAs(c.asUid, env, blob, c.whiteouts ?? 'apply') : await applyHere(env, blob, c.whiteouts ?? 'apply');
+        const result = c.asUid !== undefined ? applyAs(c.asUid, env, blob, c.whiteouts ?? 'apply') : await applyHere(env, blob, c.whiteouts ?? 'apply', source);
         if (c.expect === 'contained') {
           assert.equal(result.code, 'ok', result.message);
           if (c.landsAt) {
@@ -85,4 +104,4 @@ describe('hostile archives', () => {
       }
     });
   }
-});
+}
