@@ -28,7 +28,8 @@ export type ChunkTap = (chunk: Buffer) => Promise<void> | undefined | void;
 
 export class FileChunks extends Readable {
   private readonly free: Buffer[] = [];
-  private readonly lent = new Map<ArrayBufferLike, Buffer>();
+  /** Chunks out with the consumer, by their memory: weak, so what is never given back is collected. */
+  private readonly lent = new WeakMap<ArrayBufferLike, Buffer>();
   private readonly taps: ChunkTap[] = [];
   private position = 0;
   /** A read is on the thread pool: closing the fd now could let it read a reused descriptor. */

@@ -5,6 +5,8 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { spawn } from 'node:child_process';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { createHash } from 'node:crypto';
 import { FileChunks, applyLayerTar, openFileInput, readTar, recordTarSplit } from '../../src/archive/index.js';
 import { Strata } from '../../src/strata.js';
@@ -99,6 +101,27 @@ describe('FileChunks: lent, recycled buffers', () => {
     const byPath = await strata.importImage(tar, { ref: 'chunks:2' });
     assert.equal((await strata.imageLayers(byPath))[0]!.diffId, fileDigest);
     await strata.close();
+  });
+
+  it('chunks a consumer never gives back are not kept (a gzip layer read as FileChunks, say)', async () => {
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    const big = `${t.dir}/big.bin`;
+    writeFileSync(big, Buffer.alloc(96 << 20, 1));
+    const input = await FileChunks.open(big);
+    gc();
+    const before = process.memoryUsage().arrayBuffers;
+    let peak = 0;
+    let bytes = 0;
+    for await (const chunk of input) {
+      bytes += (chunk as Buffer).length; // never released
+      if (bytes % (16 << 20) === 0) {
+        gc();
+        peak = Math.max(peak, process.memoryUsage().arrayBuffers - before);
+      }
+    }
+    assert.equal(bytes, 96 << 20);
+    assert.ok(peak < 32 << 20, `${(peak / 2 ** 20).toFixed(0)} MiB still held after reading 96 MiB`);
   });
 
   it('a recording whose input is closed before its end fails instead of waiting forever', async () => {
