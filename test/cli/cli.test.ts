@@ -5,6 +5,8 @@ import { rm, writeFile, readFile, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { strata, strataOk } from '../helpers/cli.js';
 import { tmpdir } from 'node:os';
+import { createHash } from 'node:crypto';
+import { gzipSync } from 'node:zlib';
 import { applyOps, dir, file, isRoot, layerTar, sym, tempDir, run } from '../helpers/fstest.js';
 import { probeOverlay2 } from '../../src/drivers/overlay2/overlay-support.js';
 import { probeAufs } from '../../src/drivers/aufs/aufs-driver.js';
@@ -103,6 +105,22 @@ describe('strata CLI (vfs)', () => {
     assert.match(fromStdin, /^sha256:/);
     const info = await cli(['info']);
     assert.match(info, /Storage Driver: vfs/);
+  });
+
+  it('imports plain, gzip and zstd layer files (read as FileChunks) to the same DiffID: the plain tar\'s sha256', async () => {
+    const tar = await layerTar([dir('etc'), file('etc/hostname', 'strata\n'), file('blob', 'x'.repeat(300_000))]);
+    await writeFile(join(work, 'layer.tar'), tar);
+    await writeFile(join(work, 'layer.tar.gz'), gzipSync(tar));
+    await writeFile(join(work, 'layer.tar.zst'), await run('zstd', ['-q', '-c'], tar));
+    const diffIds = [];
+    for (const [name, ref] of [['layer.tar', 'plain:1'], ['layer.tar.gz', 'gz:1'], ['layer.tar.zst', 'zst:1']] as const) {
+      await cli(['import', join(work, name), ref]);
+      const [image] = JSON.parse(await cli(['inspect', ref])) as Array<{ RootFS: { Layers: string[] } }>;
+      diffIds.push(image!.RootFS.Layers[0]);
+    }
+    const expected = `sha256:${createHash('sha256').update(tar).digest('hex')}`;
+    assert.deepEqual(diffIds, [expected, expected, expected]);
+    assert.equal(await cli(['cat', 'zst:1', '/etc/hostname']), 'strata');
   });
 
   it('imports a layer of many small files (the file writer thread of the built CLI); reads and fsck see them whole', async () => {
