@@ -8,7 +8,7 @@
  *   await strata.unmount('web');
  *   await strata.commit('web', { ref: 'web:1' });
  */
-import { mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -100,11 +100,13 @@ export class Strata {
   // ---- images -------------------------------------------------------------------------------
 
   /**
-   * `docker import`: one layer from a tar (plain, gzip or zstd), given as a stream or a file's
-   * path (read into recycled buffers, the fastest way in: see FileChunks).
+   * `docker import`: one layer from a tar (plain, gzip or zstd) given as a stream or a file's
+   * path (read into recycled buffers, the fastest way in: see FileChunks), or from a directory's
+   * path (its tree, as `tar -C DIR -c .` would give it).
    */
   async importImage(input: Readable | string, opts: { ref?: string; message?: string; source?: string } = {}): Promise<Digest> {
-    const tar = typeof input === 'string' ? await openFileInput(input) : input;
+    let tar = input as Readable;
+    if (typeof input === 'string') tar = (await stat(input)).isDirectory() ? tarDirectory(input) : await openFileInput(input);
     return this.write(async (txn) => {
       const layer = await this.layers.register(txn, tar, null);
       const created = goTime();
@@ -123,6 +125,9 @@ export class Strata {
       const id = await this.images.put(txn, Buffer.from(goJson(config)));
       if (opts.ref) await this.tagLocked(txn, opts.ref, id);
       return id;
+    }).catch((err: unknown) => {
+      tar.destroy(); // (also an input never read: the lock was not had)
+      throw err;
     });
   }
 

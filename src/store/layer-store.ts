@@ -164,8 +164,8 @@ export class LayerStore {
         recorded = recordTarSplit(input, tarSplitTmp);
         passthrough = input;
       } else {
-        const recorder = new TarSplitRecorder(createWriteStream(tarSplitTmp));
         const tar = await openLayerStream(input);
+        const recorder = new TarSplitRecorder(createWriteStream(tarSplitTmp));
         passthrough = tar.pipe(recorder);
         tar.on('error', (err) => recorder.destroy(err));
         recorded = recorder.finished();

@@ -87,7 +87,7 @@ describe('FileChunks: lent, recycled buffers', () => {
   });
 
   it('an import from FileChunks records the digest of the file and rebuilds it byte for byte', async () => {
-    const { tar } = sourceTree();
+    const { src, tar } = sourceTree();
     const root = `${t.dir}/root-ok`;
     const strata = await Strata.open({ root, driver: 'vfs' });
     const { chunks } = await poisoned(tar, 4096 + 100);
@@ -97,9 +97,15 @@ describe('FileChunks: lent, recycled buffers', () => {
     assert.equal(layer!.diffId, fileDigest);
     const rebuilt = await collect(await layer!.open());
     assert.equal(`sha256:${createHash('sha256').update(rebuilt).digest('hex')}`, fileDigest);
-    // the library takes the file's path too
+    // the library takes the file's path too, and a directory's
     const byPath = await strata.importImage(tar, { ref: 'chunks:2' });
     assert.equal((await strata.imageLayers(byPath))[0]!.diffId, fileDigest);
+    const fromDir = await strata.importImage(src, { ref: 'chunks:3' });
+    const container = await strata.createContainer('chunks:3');
+    const initLayer = (rel: string) => /^(\.dockerenv|dev|etc|proc|sys)(\/|$)/.test(rel); // the container's own, not the image's
+    assert.deepEqual(snapshot(await strata.mount(container), { dirMtimes: false, exclude: initLayer }), snapshot(src, { dirMtimes: false }));
+    await strata.unmount(container);
+    assert.match(fromDir, /^sha256:/);
     await strata.close();
   });
 
