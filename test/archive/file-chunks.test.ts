@@ -8,7 +8,7 @@ import { spawn } from 'node:child_process';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { createHash } from 'node:crypto';
-import { FileChunks, applyLayerTar, openFileInput, readTar, recordTarSplit } from '../../src/archive/index.js';
+import { FileChunks, applyLayerTar, buildTar, openFileInput, readTar, recordTarSplit } from '../../src/archive/index.js';
 import { Strata } from '../../src/strata.js';
 import { isStrataError } from '../../src/errors.js';
 import { bufferStream, collect, run, snapshot, tempDir } from './helpers.js';
@@ -155,6 +155,22 @@ describe('FileChunks: lent, recycled buffers', () => {
     const file = await openFileInput(tar);
     assert.ok(file instanceof FileChunks);
     file.destroy();
+  });
+
+  it('an import of a tar with a duplicate path or a bad header checksum is refused and leaves nothing behind', async () => {
+    const root = `${t.dir}/root-refused`;
+    const strata = await Strata.open({ root, driver: 'vfs' });
+    const duplicate = buildTar([{ header: { name: 'a' }, data: 'one' }, { header: { name: 'b' }, data: 'x'.repeat(5000) }, { header: { name: './a' }, data: 'two' }]);
+    const badSum = buildTar([{ header: { name: 'a' }, data: 'one' }, { header: { name: 'b' }, data: 'two' }]);
+    badSum.writeUInt8(badSum[1024 + 148]! ^ 1, 1024 + 148); // the second header's checksum field
+    for (const [name, tar, code] of [['dup.tar', duplicate, 'DUPLICATE_PATH'], ['sum.tar', badSum, 'INVALID_ARCHIVE']] as const) {
+      writeFileSync(`${t.dir}/${name}`, tar);
+      await assert.rejects(strata.importImage(`${t.dir}/${name}`), (e) => isStrataError(e, code), name);
+    }
+    assert.deepEqual(await strata.listImages(), []);
+    assert.deepEqual(readdirSync(`${root}/vfs/dir`), []);
+    assert.deepEqual((await strata.fsck()).problems, []);
+    await strata.close();
   });
 
   it('a truncated tar read from FileChunks is refused and leaves nothing behind', async () => {
