@@ -18,6 +18,7 @@ import { Readable } from 'node:stream';
 import { promisify } from 'node:util';
 import { strataError } from '../errors.js';
 import { detectCompression, type Compression } from './magic.js';
+import type { LendingSource } from './tar/reader.js';
 
 const DEFAULT_CHUNK = 1 << 20;
 const openAsync = promisify(open);
@@ -26,7 +27,7 @@ const fstatAsync = promisify(fstat);
 
 export type ChunkTap = (chunk: Buffer) => Promise<void> | undefined | void;
 
-export class FileChunks extends Readable {
+export class FileChunks extends Readable implements LendingSource {
   private readonly free: Buffer[] = [];
   /** Chunks out with the consumer, by their memory: weak, so what is never given back is collected. */
   private readonly lent = new WeakMap<ArrayBufferLike, Buffer>();
@@ -38,7 +39,6 @@ export class FileChunks extends Readable {
 
   private constructor(
     private readonly fd: number,
-    readonly path: string,
     readonly size: number,
     readonly compression: Compression,
     private readonly chunkSize: number,
@@ -55,7 +55,7 @@ export class FileChunks extends Readable {
       if (!st.isFile()) throw strataError('INVALID_ARGUMENT', `${path} is not a regular file`, { path });
       const head = Buffer.alloc(6);
       const { bytesRead } = await readAsync(fd, head, 0, head.length, 0);
-      return new FileChunks(fd, path, st.size, detectCompression(head.subarray(0, bytesRead)), opts.chunkSize ?? DEFAULT_CHUNK);
+      return new FileChunks(fd, st.size, detectCompression(head.subarray(0, bytesRead)), opts.chunkSize ?? DEFAULT_CHUNK);
     } catch (err) {
       close(fd, () => undefined);
       throw err;

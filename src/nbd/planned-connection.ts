@@ -2,12 +2,11 @@
  * A connection to a planned export (a thin device: NbdExport.blockingFile.plan) served on a
  * thread (transmission-threads.ts): the worker side, run by transmission-thread.ts.
  */
-import { receiveMessageOnPort } from 'node:worker_threads';
 import { readSync } from 'node:fs';
 import { CMD, CMD_FLAG } from './protocol.js';
 import { checkRequest } from './request-check.js';
 import { decodeRequest, encodeSimpleReply, REQUEST_HEADER_LENGTH, type Request } from './request-codec.js';
-import { BlockingSocket, postHanded, preadFully, pwriteFully, readReplyHead } from './thread-io.js';
+import { BlockingSocket, postHanded, preadFully, pwriteFully, readReplyHead, takeHandedReply, takeReply } from './thread-io.js';
 import { libcBinding } from '../util/libc.js';
 import { zeroOutside, type DataRun, type RequestPlan } from '../thin/thin-device.js';
 import type { PlanCall, Settled, ThreadJob } from './transmission-threads.js';
@@ -157,7 +156,7 @@ export class PlannedConnection {
       if (!input.receive(false)) return;
       this.parse();
       if (this.posted) {
-        const plans = this.reply<RequestPlan[]>();
+        const plans = takeReply<RequestPlan[]>(this.job);
         if (!plans) {
           this.wait(input.room > 0);
           continue;
@@ -281,14 +280,9 @@ export class PlannedConnection {
 
   private handOver(header: Buffer, payload: Buffer | undefined): Buffer[] {
     postHanded(this.job, header, payload);
-    let reply: Uint8Array[] | undefined;
-    while (!(reply = this.reply<Uint8Array[]>())) this.wait(false);
-    return reply.map((b) => Buffer.from(b.buffer, b.byteOffset, b.byteLength));
-  }
-
-  /** The main thread's reply to the call in flight, if it has come. */
-  private reply<T>(): T | undefined {
-    return receiveMessageOnPort(this.job.rpc)?.message as T | undefined;
+    let reply: Buffer[] | undefined;
+    while (!(reply = takeHandedReply(this.job))) this.wait(false);
+    return reply;
   }
 
   /**

@@ -4,6 +4,7 @@
  * main thread.
  */
 import { readSync, writeSync, writevSync } from 'node:fs';
+import { receiveMessageOnPort } from 'node:worker_threads';
 import { dropFront } from './iovec.js';
 import { encodeDataChunkHeader, encodeSimpleReply, type Request } from './request-codec.js';
 import type { CheckContext } from './request-check.js';
@@ -93,4 +94,14 @@ export function postHanded(job: ThreadJob, header: Buffer, payload: Buffer | und
   const transfer = [msg.header.buffer as ArrayBuffer];
   if (msg.payload && !shared) transfer.push(msg.payload.buffer as ArrayBuffer);
   job.rpc.postMessage(msg, transfer);
+}
+
+/** The main thread's reply to the call in flight, if it has come. */
+export function takeReply<T>(job: ThreadJob): T | undefined {
+  return receiveMessageOnPort(job.rpc)?.message as T | undefined;
+}
+
+/** The bytes of the main thread's answer to a handed-over request, if it has come. */
+export function takeHandedReply(job: ThreadJob): Buffer[] | undefined {
+  return takeReply<Uint8Array[]>(job)?.map((b) => Buffer.from(b.buffer, b.byteOffset, b.byteLength));
 }

@@ -10,12 +10,12 @@
  * there) is handed to the main thread, which answers it as it answers any request
  * (transmission.ts `answer`); this thread waits for the reply bytes and writes them.
  */
-import { parentPort, receiveMessageOnPort } from 'node:worker_threads';
+import { parentPort } from 'node:worker_threads';
 import { fdatasyncSync } from 'node:fs';
 import { CMD, CMD_FLAG } from './protocol.js';
 import { checkRequest } from './request-check.js';
 import { decodeRequest, encodeSimpleReply, REQUEST_HEADER_LENGTH, type Request } from './request-codec.js';
-import { BlockingSocket, postHanded, preadFully, pwriteFully, readReplyHead } from './thread-io.js';
+import { BlockingSocket, postHanded, preadFully, pwriteFully, readReplyHead, takeHandedReply } from './thread-io.js';
 import { PlannedConnection } from './planned-connection.js';
 import type { ThreadJob, ThreadMessage } from './transmission-threads.js';
 
@@ -26,8 +26,7 @@ function handOver(job: ThreadJob, signal: Int32Array, header: Buffer, payload: B
   postHanded(job, header, payload);
   Atomics.wait(signal, 0, 0);
   Atomics.store(signal, 0, 0);
-  const reply = receiveMessageOnPort(job.rpc)?.message as Uint8Array[] | undefined;
-  return (reply ?? []).map((b) => Buffer.from(b.buffer, b.byteOffset, b.byteLength));
+  return takeHandedReply(job) ?? [];
 }
 
 /** The fast path: the reply, or null for the main thread to answer (then nothing was sent). */

@@ -275,3 +275,20 @@ export async function handedOverAndRefused(c: RawClient, size: number, cookie: b
   answers.push({ closed: await c.closedWithin(2000) });
   return answers;
 }
+
+/**
+ * Run the same scripted session with connections served on threads and on the event loop: each
+ * must be served where asked, and every answer must be the same. Returns both runs (on threads
+ * first) and each answer's error code, for the caller's own checks.
+ */
+export async function sameOnThreadsAndLoop<T extends { answers: unknown[]; threaded: number }>(
+  session: (threads: boolean) => Promise<T>,
+): Promise<{ onThreads: T; onLoop: T; errors: Array<number | undefined> }> {
+  const onThreads = await session(true);
+  const onLoop = await session(false);
+  assert.equal(onThreads.threaded, 1, 'the connection was served on a thread');
+  assert.equal(onLoop.threaded, 0);
+  assert.deepEqual(onThreads.answers, onLoop.answers);
+  const errors = onThreads.answers.map((a) => (a as { error?: number; errno?: number }).error ?? (a as { errno?: number }).errno);
+  return { onThreads, onLoop, errors };
+}

@@ -13,7 +13,7 @@ import { ThinExport } from '../../src/nbd/thin-export.js';
 import { CMD, CMD_FLAG, NBD_ERR } from '../../src/nbd/protocol.js';
 import { Pool } from '../../src/thin/pool.js';
 import type { ThinDevice } from '../../src/thin/thin-device.js';
-import { type RawClient, attach, attachWithMeta, handedOverAndRefused, inCookieOrder, tempDir, until } from './helpers.js';
+import { type RawClient, attach, attachWithMeta, handedOverAndRefused, inCookieOrder, sameOnThreadsAndLoop, tempDir, until } from './helpers.js';
 import { thinTools, tool } from '../thin/helpers.js';
 
 const KiB = 1024;
@@ -119,14 +119,9 @@ async function session(threads: boolean, data: Buffer): Promise<{ answers: unkno
 
 test('thin export on threads: planned there, and every answer matches the event-loop path', async () => {
   const data = randomBytes(6 * MiB);
-  const onThreads = await session(true, data);
-  const onLoop = await session(false, data);
-  assert.equal(onThreads.threaded, 1, 'the connection was served on a thread');
-  assert.equal(onLoop.threaded, 0);
-  assert.deepEqual(onThreads.answers, onLoop.answers);
+  const { onThreads, onLoop, errors: errs } = await sameOnThreadsAndLoop((threads) => session(threads, data));
   assert.ok(onThreads.origin.equals(onLoop.origin), 'the origins end up the same');
   assert.ok(onThreads.snapshot.equals(onLoop.snapshot), 'the snapshots end up the same');
-  const errs = onThreads.answers.map((a) => (a as { error?: number; errno?: number }).error ?? (a as { errno?: number }).errno);
   assert.deepEqual(errs.slice(0, 8), [0, 0, 0, 0, 0, 0, 0, 0]);
   assert.deepEqual(errs.slice(9, 16), [0, 0, 0, NBD_ERR.EINVAL, NBD_ERR.ENOSPC, NBD_ERR.EINVAL, NBD_ERR.EINVAL]);
   assert.deepEqual(onThreads.answers.at(-1), { closed: true });

@@ -11,7 +11,7 @@ import { randomBytes } from 'node:crypto';
 import { NbdServer } from '../../src/nbd/server.js';
 import { FileExport } from '../../src/nbd/file-export.js';
 import { CMD, CMD_FLAG, NBD_ERR } from '../../src/nbd/protocol.js';
-import { attach, attachWithMeta, handedOverAndRefused, inCookieOrder, tempDir, run, until, serveSparseFile } from './helpers.js';
+import { attach, attachWithMeta, handedOverAndRefused, inCookieOrder, sameOnThreadsAndLoop, tempDir, run, until, serveSparseFile } from './helpers.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -47,14 +47,9 @@ async function session(threads: boolean, data: Buffer): Promise<{ answers: unkno
 
 test('file export on threads: served there, and every answer (own or handed over) matches the event-loop path', async () => {
   const data = randomBytes(3 * MiB);
-  const onThreads = await session(true, data);
-  const onLoop = await session(false, data);
-  assert.equal(onThreads.threaded, 1, 'the connection was served on a thread');
-  assert.equal(onLoop.threaded, 0);
-  assert.deepEqual(onThreads.answers, onLoop.answers);
+  const { onThreads, onLoop, errors: errs } = await sameOnThreadsAndLoop((threads) => session(threads, data));
   assert.ok(onThreads.file.equals(onLoop.file), 'the files end up the same');
   // and the answers are the right ones, not just equal
-  const errs = onThreads.answers.map((a) => (a as { error?: number; errno?: number }).error ?? (a as { errno?: number }).errno);
   assert.deepEqual(errs.slice(0, 3), [0, 0, 0]);
   assert.deepEqual(errs.slice(5, 12), [0, 0, 0, NBD_ERR.EINVAL, NBD_ERR.ENOSPC, NBD_ERR.EINVAL, NBD_ERR.EINVAL]);
   assert.deepEqual(onThreads.answers.at(-1), { closed: true });

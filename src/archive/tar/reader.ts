@@ -72,15 +72,17 @@ class ByteSource {
   done = false;
   private readonly it: AsyncIterator<unknown>;
   private readonly lender: LendingSource | null;
-  /** Pieces are lent: a caller that keeps one past its next call must copy it. */
-  readonly lends: boolean;
   /** Chunks consumed whose last piece the caller may still be using: released at its next call. */
   private consumed: Buffer[] = [];
 
   constructor(source: AsyncIterable<unknown>) {
     this.it = source[Symbol.asyncIterator]();
     this.lender = isLending(source) ? source : null;
-    this.lends = this.lender !== null;
+  }
+
+  /** Pieces are lent: a caller that keeps one past its next call must copy it. */
+  get lends(): boolean {
+    return this.lender !== null;
   }
 
   private releaseConsumed(): void {
