@@ -7,9 +7,32 @@
 import { lstatSync, mkdirSync, readlinkSync } from 'node:fs';
 import { strataError } from '../errors.js';
 
+/** Whether every '/'-separated part of `p` (after a leading '/') is a name: not '', '.' or '..'. */
+function isClean(p: string): boolean {
+  let start = p.charCodeAt(0) === 0x2f ? 1 : 0;
+  if (start === p.length) return true; // '' is never asked; '/' is clean
+  for (let i = start; i <= p.length; i++) {
+    if (i < p.length && p.charCodeAt(i) !== 0x2f) continue;
+    const n = i - start;
+    if (n === 0) return false;
+    if (n <= 2 && p.charCodeAt(start) === 0x2e && (n === 1 || p.charCodeAt(start + 1) === 0x2e)) return false;
+    start = i + 1;
+  }
+  return true;
+}
+
 /** Go's path.Clean: lexical, `..` kept at the start of a relative path, dropped at a root. */
 export function goClean(p: string): string {
   if (p === '') return '.';
+  // most tar names are clean already but for a leading './' or a directory's trailing '/'
+  // (tar -C dir . writes those): no split and join for them
+  let from = 0;
+  while (p.startsWith('./', from)) from += 2;
+  const end = p.length - from > 1 && p.endsWith('/') ? p.length - 1 : p.length;
+  if (end > from && (from === 0 || p.charCodeAt(from) !== 0x2f)) {
+    const rest = from === 0 && end === p.length ? p : p.slice(from, end);
+    if (isClean(rest)) return rest;
+  }
   const rooted = p.startsWith('/');
   const out: string[] = [];
   for (const part of p.split('/')) {

@@ -3,6 +3,9 @@
  * chunk, it calls back with tar-split records (image-formats.md §1.4) and keeps no file data.
  * Same header semantics as readTar (completeHeader, the same limits and error codes), but no
  * promises per entry, so recording costs little more than the CRC-64 of the data.
+ *
+ * It sees every byte of a layer, so it allocates as little as it can: a header block wholly in
+ * the chunk is parsed where it lies, and the bytes of a segment gather in one reused buffer.
  */
 import { isUtf8 } from 'node:buffer';
 import { strataError } from '../errors.js';
@@ -11,15 +14,10 @@ import { goClean } from './paths.js';
 import { BLOCK, TYPE, blockPadding, decodeHeader, isHeaderOnlyType, isZeroBlock, type TarHeader } from './tar/header.js';
 import { MAX_SPECIAL_FILE_SIZE, parsePaxRecords, type PaxRecords } from './tar/pax.js';
 import { DEFAULT_MAX_META_HEADERS, TRAILING_CHUNK, cString, completeHeader } from './tar/reader.js';
+import type { TarSplitEntry } from './tar-split.js';
 
-/** A record without its position (the recorder numbers them). */
-export interface SplitRecord {
-  type: 1 | 2;
-  name?: string;
-  nameRaw?: Buffer;
-  size?: number;
-  payload: Buffer | null;
-}
+/** Room for a segment's bytes kept between segments (one grown past it for huge metadata is let go). */
+const SEGMENT_ROOM = 64 * 1024;
 
 type State = 'header' | 'meta' | 'data' | 'pad' | 'zero2' | 'trailing';
 
@@ -32,7 +30,11 @@ export class TarDisassembler {
   private need = BLOCK;
   private acc: Buffer[] = [];
   private accLen = 0;
-  private raw: Buffer[] = [];
+  /** The segment being gathered: padding, metadata headers, the header. */
+  private raw = Buffer.allocUnsafe(SEGMENT_ROOM);
+  private rawLength = 0;
+  /** Records emitted so far: the next one's position. */
+  records = 0;
   private meta: TarHeader | null = null;
   private pax: PaxRecords | null = null;
   private longName: Buffer | null = null;
@@ -44,7 +46,11 @@ export class TarDisassembler {
   private readonly seen = new Set<string>();
   private readonly maxMeta: number;
 
-  constructor(private readonly emit: (r: SplitRecord) => void, opts: { maxMetaHeaders?: number } = {}) {
+  /**
+   * `emit` gets each record as it is made; a segment's payload is only valid during the call
+   * (its bytes are in a buffer used again for the next).
+   */
+  constructor(private readonly emit: (r: TarSplitEntry) => void, opts: { maxMetaHeaders?: number } = {}) {
     this.maxMeta = opts.maxMetaHeaders ?? DEFAULT_MAX_META_HEADERS;
   }
 
@@ -55,7 +61,7 @@ export class TarDisassembler {
       switch (this.state) {
         case 'trailing': {
           const n = Math.min(TRAILING_CHUNK, len - off);
-          this.emit({ type: 2, payload: Buffer.from(chunk.subarray(off, off + n)) });
+          this.emit({ type: 2, payload: chunk.subarray(off, off + n), position: this.records++ });
           off += n;
           break;
         }
@@ -69,13 +75,20 @@ export class TarDisassembler {
         }
         case 'pad': {
           const n = Math.min(this.need, len - off);
-          this.raw.push(Buffer.from(chunk.subarray(off, off + n)));
+          this.gather(chunk, off, off + n);
           this.need -= n;
           off += n;
           if (this.need === 0) this.expectHeader();
           break;
         }
         default: {
+          if (this.accLen === 0 && len - off >= this.need) {
+            // the whole block (or metadata) is here: no copy to parse it
+            const block = chunk.subarray(off, off + this.need);
+            off += this.need;
+            this.complete(block);
+            break;
+          }
           const n = Math.min(this.need - this.accLen, len - off);
           this.acc.push(Buffer.from(chunk.subarray(off, off + n)));
           this.accLen += n;
@@ -116,11 +129,24 @@ export class TarDisassembler {
     }
   }
 
+  /** Add bytes to the segment being gathered. */
+  private gather(src: Uint8Array, start = 0, end = src.length): void {
+    const n = end - start;
+    if (this.rawLength + n > this.raw.length) {
+      const grown = Buffer.allocUnsafe(Math.max(2 * this.raw.length, this.rawLength + n));
+      this.raw.copy(grown, 0, 0, this.rawLength);
+      this.raw = grown;
+    }
+    this.raw.set(src.subarray(start, end), this.rawLength);
+    this.rawLength += n;
+  }
+
   private flushRaw(): void {
-    if (this.raw.length === 0) return;
-    const payload = this.raw.length === 1 ? this.raw[0]! : Buffer.concat(this.raw);
-    this.raw = [];
-    if (payload.length > 0) this.emit({ type: 2, payload });
+    if (this.rawLength === 0) return;
+    const payload = this.raw.subarray(0, this.rawLength);
+    this.rawLength = 0;
+    this.emit({ type: 2, payload, position: this.records++ });
+    if (this.raw.length > SEGMENT_ROOM) this.raw = Buffer.allocUnsafe(SEGMENT_ROOM);
   }
 
   private expectHeader(): void {
@@ -129,19 +155,20 @@ export class TarDisassembler {
   }
 
   private fileRecord(h: TarHeader, payload: Buffer | null): void {
-    const named = isUtf8(h.nameRaw) ? { name: h.name } : { nameRaw: h.nameRaw };
     const key = goClean(h.nameRaw.toString('latin1'));
     if (this.seen.has(key)) {
       throw strataError('DUPLICATE_PATH', `duplicates of file paths not supported: ${h.name}`, { path: h.name });
     }
     this.seen.add(key);
-    this.emit({ type: 1, ...named, size: h.size, payload });
+    const position = this.records++;
+    if (isUtf8(h.nameRaw)) this.emit({ type: 1, name: h.name, size: h.size, payload, position });
+    else this.emit({ type: 1, nameRaw: h.nameRaw, size: h.size, payload, position });
   }
 
   private complete(block: Buffer): void {
     if (this.state === 'zero2') {
       if (!isZeroBlock(block)) throw strataError('INVALID_ARCHIVE', 'tar archive: a zero block followed by a non-zero block');
-      this.raw.push(block);
+      this.gather(block);
       this.flushRaw();
       this.state = 'trailing';
       return;
@@ -149,7 +176,7 @@ export class TarDisassembler {
     if (this.state === 'meta') {
       const h = this.meta!;
       const data = block.subarray(0, h.size);
-      this.raw.push(block);
+      this.gather(block);
       this.meta = null;
       if (h.typeflag === TYPE.paxGlobal) {
         const records = parsePaxRecords(Buffer.from(data));
@@ -172,13 +199,13 @@ export class TarDisassembler {
     }
     // a header block
     if (isZeroBlock(block)) {
-      this.raw.push(block);
+      this.gather(block);
       this.state = 'zero2';
       this.need = BLOCK;
       return;
     }
     const header = decodeHeader(block);
-    this.raw.push(block);
+    this.gather(block);
     const flag = header.typeflag;
     if (flag === TYPE.paxHeader || flag === TYPE.paxGlobal || flag === TYPE.gnuLongName || flag === TYPE.gnuLongLink) {
       if (++this.metaCount > this.maxMeta) {

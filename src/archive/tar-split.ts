@@ -101,7 +101,6 @@ export class TarSplitRecorder extends Transform {
   private readonly done: Promise<TarSplitResult>;
   private resolveDone!: (r: TarSplitResult) => void;
   private rejectDone!: (err: Error) => void;
-  private position = 0;
   private pending: string[] = [];
   private pendingLength = 0;
   private bytes = 0;
@@ -123,7 +122,7 @@ export class TarSplitRecorder extends Transform {
     sink.on('error', (err) => this.destroy(err));
     this.gzip.pipe(sink);
     this.splitter = new TarDisassembler((r) => {
-      const line = encodeTarSplitEntry({ ...r, position: this.position++ } as TarSplitEntry);
+      const line = encodeTarSplitEntry(r);
       this.pending.push(line);
       this.pendingLength += line.length;
     });
@@ -189,7 +188,7 @@ export class TarSplitRecorder extends Transform {
     try {
       this.splitter.end();
       if (this.opts.trailingEmptySegment !== false) {
-        this.pending.push(encodeTarSplitEntry({ type: 2, payload: Buffer.alloc(0), position: this.position++ }));
+        this.pending.push(encodeTarSplitEntry({ type: 2, payload: Buffer.alloc(0), position: this.splitter.records++ }));
         this.pendingLength += 1;
       }
     } catch (err) {

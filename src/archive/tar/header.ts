@@ -84,9 +84,23 @@ export function blockPadding(size: number): number {
 
 /** The bytes of a string field up to the first NUL. */
 export function fieldBytes(block: Uint8Array, start: number, length: number): Buffer {
-  const buf = Buffer.from(block.buffer, block.byteOffset + start, length);
-  const nul = buf.indexOf(0);
-  return Buffer.from(nul === -1 ? buf : buf.subarray(0, nul));
+  const end = fieldEnd(block, start, length);
+  // (every header decodes several of these: one small pooled allocation each, no views)
+  const out = Buffer.allocUnsafe(end - start);
+  for (let i = start; i < end; i++) out[i - start] = block[i]!;
+  return out;
+}
+
+/** A string field up to the first NUL, UTF-8 decoded. */
+function fieldString(block: Buffer, start: number, length: number): string {
+  const end = fieldEnd(block, start, length);
+  return end === start ? '' : block.toString('utf8', start, end);
+}
+
+function fieldEnd(block: Uint8Array, start: number, length: number): number {
+  let end = start;
+  while (end < start + length && block[end] !== 0) end++;
+  return end;
 }
 
 function invalid(message: string, context: Record<string, unknown> = {}): Error {
@@ -166,13 +180,18 @@ export function formatBase256(target: Buffer, start: number, length: number, val
 /** [unsigned, signed] sums of the block with the checksum field read as spaces. */
 export function computeChecksum(block: Uint8Array): [number, number] {
   let unsigned = 0;
-  let signed = 0;
+  let high = 0; // bytes >= 0x80, which count 256 less when signed
   for (let i = 0; i < BLOCK; i++) {
-    const c = i >= 148 && i < 156 ? 0x20 : block[i]!;
+    const c = block[i]!;
     unsigned += c;
-    signed += c >= 0x80 ? c - 256 : c;
+    high += c >> 7;
   }
-  return [unsigned, signed];
+  for (let i = 148; i < 156; i++) {
+    const c = block[i]!;
+    unsigned += 0x20 - c;
+    high -= c >> 7;
+  }
+  return [unsigned, unsigned - 256 * high];
 }
 
 const MAGIC_USTAR = Buffer.from('ustar\0', 'latin1');
@@ -197,7 +216,8 @@ export function detectFormat(block: Uint8Array): Exclude<TarFormat, 'pax'> {
  * Decode one header block (not a zero block: the reader handles the end marker). Throws
  * INVALID_ARCHIVE on a checksum mismatch or a malformed numeric field.
  */
-export function decodeHeader(block: Uint8Array): TarHeader {
+export function decodeHeader(bytes: Uint8Array): TarHeader {
+  const block = Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length);
   if (block.length < BLOCK) throw strataError('TRUNCATED_ARCHIVE', 'tar header: short block');
   let stored: number;
   try {
@@ -222,7 +242,7 @@ export function decodeHeader(block: Uint8Array): TarHeader {
     size: parseNumeric(block, 124, 12, 'size'),
     mtime: parseNumeric(block, 136, 12, 'mtime'),
     typeflag,
-    linkname: linknameRaw.toString('utf8'),
+    linkname: linknameRaw.length === 0 ? '' : linknameRaw.toString('utf8'),
     linknameRaw,
     uname: '',
     gname: '',
@@ -231,8 +251,8 @@ export function decodeHeader(block: Uint8Array): TarHeader {
     format,
   };
   if (format !== 'v7') {
-    header.uname = fieldBytes(block, 265, 32).toString('utf8');
-    header.gname = fieldBytes(block, 297, 32).toString('utf8');
+    header.uname = fieldString(block, 265, 32);
+    header.gname = fieldString(block, 297, 32);
     header.devmajor = parseNumeric(block, 329, 8, 'devmajor');
     header.devminor = parseNumeric(block, 337, 8, 'devminor');
     let prefix: Buffer | null = null;
