@@ -96,7 +96,7 @@ export async function run(): Promise<void> {
     await h.close();
     const times = {
       oursW: [] as number[], oursR: [] as number[], kitW: [] as number[], kitR: [] as number[],
-      thinW: [] as number[], thinR: [] as number[],
+      thinW: [] as number[], thinR: [] as number[], warmW: [] as number[], warmR: [] as number[],
     };
     const oursRound = async (): Promise<void> => {
       // write the source into a fresh sparse file, then read it all back
@@ -121,7 +121,10 @@ export async function run(): Promise<void> {
       await rm(dst);
       await rm(sock, { force: true });
     };
-    // a fresh thin device (64 KiB blocks) of a fresh pool, served by the active-devices service
+    // Two fresh thin devices (64 KiB blocks) of a fresh pool, served by the active-devices
+    // service: the first by a service just started ("cold": V8 still compiling the code every
+    // request runs, on the same two cores), the second by the same service afterwards ("warm":
+    // a service that has served before, which is how it runs: it stays up).
     const thinRound = async (round: number): Promise<void> => {
       const base = join(dir, `thin${round}`);
       const root = join(base, 'root');
@@ -132,15 +135,20 @@ export async function run(): Promise<void> {
       await writeFile(meta, '');
       await truncate(meta, 32 * MiB);
       await writeFile(data, '');
-      await truncate(data, SIZE + 64 * MiB);
-      await dmCreate(reg, 'pool', `0 ${(SIZE + 64 * MiB) / 512} thin-pool ${meta} ${data} 128 16`);
-      await dmMessage(reg, 'pool', '0', 'create_thin 0');
-      await dmCreate(reg, 'thin0', `0 ${SIZE / 512} thin pool 0`);
+      await truncate(data, 2 * SIZE + 64 * MiB);
+      await dmCreate(reg, 'pool', `0 ${(2 * SIZE + 64 * MiB) / 512} thin-pool ${meta} ${data} 128 16`);
+      for (const id of [0, 1]) {
+        await dmMessage(reg, 'pool', '0', `create_thin ${id}`);
+        await dmCreate(reg, `thin${id}`, `0 ${SIZE / 512} thin pool ${id}`);
+      }
       await ensureService(root);
       try {
-        const sockT = servicePaths(root).device('thin0');
-        times.thinW.push(await timed('nbdcopy', [src, uri(sockT)]));
-        times.thinR.push(await timed('nbdcopy', [uri(sockT), 'null:']));
+        const cold = servicePaths(root).device('thin0');
+        times.thinW.push(await timed('nbdcopy', [src, uri(cold)]));
+        times.thinR.push(await timed('nbdcopy', [uri(cold), 'null:']));
+        const warm = servicePaths(root).device('thin1');
+        times.warmW.push(await timed('nbdcopy', [src, uri(warm)]));
+        times.warmR.push(await timed('nbdcopy', [uri(warm), 'null:']));
       } finally {
         await stopService(root);
         await rm(base, { recursive: true, force: true });
@@ -160,10 +168,12 @@ export async function run(): Promise<void> {
     console.log(`nbdcopy, ${SIZE / MiB} MiB of random data, unix socket, ${ROUNDS} interleaved rounds, fresh server each`);
     console.log(row('write: nbdkit file (baseline)', times.kitW, times.kitW));
     console.log(row('write: strata file export', times.oursW, times.kitW));
-    console.log(row('write: strata thin device', times.thinW, times.kitW));
+    console.log(row('write: strata thin, cold', times.thinW, times.kitW));
+    console.log(row('write: strata thin, warm', times.warmW, times.kitW));
     console.log(row('read:  nbdkit file (baseline)', times.kitR, times.kitR));
     console.log(row('read:  strata file export', times.oursR, times.kitR));
-    console.log(row('read:  strata thin device', times.thinR, times.kitR));
+    console.log(row('read:  strata thin, cold', times.thinR, times.kitR));
+    console.log(row('read:  strata thin, warm', times.warmR, times.kitR));
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

@@ -3,9 +3,13 @@
  * consumes the chunks: each chunk is shown to the recorder before the consumer sees it, so no
  * stream sits between the file and the driver and the chunks stay lent (file-chunks.ts).
  *
- * Tried and dropped: recording on a worker thread, reading the chunks in shared memory. On two
- * cores it made a 200 MB import slower (1.44 -> 1.66 s): V8 copies out of shared memory with
- * slow relaxed-atomic copies, and a third busy thread slowed the file writer's thread too.
+ * Tried and dropped, recording on a worker thread (on two cores, what bounds an import is CPU):
+ * - reading the chunks in shared memory made a 200 MB import slower (1.44 -> 1.66 s): V8 copies
+ *   out of shared memory with slow relaxed-atomic copies, and a third busy thread slowed the file
+ *   writer's thread too;
+ * - posting a copy of each chunk in buffers handed back and forth: no faster (1.50 s either way),
+ *   10% more CPU. The event loop was left a quarter idle, but the copies (~90 ms) and transfers
+ *   (~0.5 ms a postMessage) took back what the thread took off it.
  */
 import { createWriteStream } from 'node:fs';
 import { strataError } from '../errors.js';
