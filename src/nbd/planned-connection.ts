@@ -9,7 +9,7 @@ import { decodeRequest, encodeSimpleReply, REQUEST_HEADER_LENGTH, type Request }
 import { BlockingSocket, postHanded, preadFully, pwriteFully, readReplyHead, takeHandedReply, takeReply } from './thread-io.js';
 import { libcBinding } from '../util/libc.js';
 import { zeroOutside, type DataRun, type RequestPlan } from '../thin/thin-device.js';
-import type { PlanCall, Settled, ThreadJob } from './transmission-threads.js';
+import type { PlanCall, PlannedJob, Settled } from './transmission-threads.js';
 
 /** A request parsed in the receive buffer: its header there, and a WRITE's payload after it. */
 interface Received {
@@ -135,9 +135,9 @@ export class PlannedConnection {
   private readonly pollFds = Buffer.alloc(16);
   private readonly drain = Buffer.alloc(8);
 
-  constructor(private readonly job: ThreadJob, shared: SharedArrayBuffer, private readonly wakeFd: number) {
+  constructor(private readonly job: PlannedJob) {
     this.socket = new BlockingSocket(job.socketFd, Buffer.alloc(0));
-    this.input = new ReceiveBuffer(shared, job.leftover, job.socketFd);
+    this.input = new ReceiveBuffer(job.receiveBuffer, job.leftover, job.socketFd);
     this.largest = this.input.reserve - REQUEST_HEADER_LENGTH;
   }
 
@@ -291,13 +291,13 @@ export class PlannedConnection {
    */
   private wait(orInput: boolean): void {
     const fds = this.pollFds;
-    fds.writeInt32LE(this.wakeFd, 0);
+    fds.writeInt32LE(this.job.wakeFd, 0);
     fds.writeInt32LE(POLLIN, 4); // (and revents cleared)
     fds.writeInt32LE(this.job.socketFd, 8);
     fds.writeInt32LE(POLLIN, 12);
     const withInput = orInput && !this.inputEnded;
     pollCall()!(fds, withInput ? 2 : 1, -1);
-    if ((fds.readInt16LE(6) & POLLIN) !== 0) readSync(this.wakeFd, this.drain, 0, 8, null);
+    if ((fds.readInt16LE(6) & POLLIN) !== 0) readSync(this.job.wakeFd, this.drain, 0, 8, null);
     // ready with nothing to read: the client has closed its side, and polling it again would spin
     if (withInput && fds.readInt16LE(14) !== 0 && bytesWaiting()?.(this.job.socketFd) === 0) this.inputEnded = true;
   }
@@ -313,7 +313,7 @@ export class PlannedConnection {
 }
 
 /** A planned READ or WRITE: its reply, or null if the I/O failed. */
-function doPlanned(job: ThreadJob, req: Request, runs: readonly DataRun[], data: Buffer): Buffer[] | null {
+function doPlanned(job: PlannedJob, req: Request, runs: readonly DataRun[], data: Buffer): Buffer[] | null {
   try {
     if (req.type === CMD.WRITE) {
       for (const r of runs) pwriteFully(job.fileFd, data, r.at, r.length, r.dataOffset);

@@ -17,12 +17,12 @@ import { checkRequest } from './request-check.js';
 import { decodeRequest, encodeSimpleReply, REQUEST_HEADER_LENGTH, type Request } from './request-codec.js';
 import { BlockingSocket, postHanded, preadFully, pwriteFully, readReplyHead, takeHandedReply } from './thread-io.js';
 import { PlannedConnection } from './planned-connection.js';
-import type { ThreadJob, ThreadMessage } from './transmission-threads.js';
+import type { PlainFileJob, ThreadJob, ThreadMessage } from './transmission-threads.js';
 
 const port = parentPort!;
 
 /** Ask the main thread to answer a request; its reply bytes, once ready. */
-function handOver(job: ThreadJob, signal: Int32Array, header: Buffer, payload: Buffer | undefined): Buffer[] {
+function handOver(job: PlainFileJob, signal: Int32Array, header: Buffer, payload: Buffer | undefined): Buffer[] {
   postHanded(job, header, payload);
   Atomics.wait(signal, 0, 0);
   Atomics.store(signal, 0, 0);
@@ -30,7 +30,7 @@ function handOver(job: ThreadJob, signal: Int32Array, header: Buffer, payload: B
 }
 
 /** The fast path: the reply, or null for the main thread to answer (then nothing was sent). */
-function serveHere(job: ThreadJob, req: Request, data: Buffer): Buffer[] | null {
+function serveHere(job: PlainFileJob, req: Request, data: Buffer): Buffer[] | null {
   const { fileFd, ctx } = job;
   try {
     switch (req.type) {
@@ -54,7 +54,7 @@ function serveHere(job: ThreadJob, req: Request, data: Buffer): Buffer[] | null 
   }
 }
 
-function serve(job: ThreadJob): void {
+function serve(job: PlainFileJob): void {
   const socket = new BlockingSocket(job.socketFd, Buffer.from(job.leftover));
   const signal = new Int32Array(job.signal);
   const header = Buffer.alloc(REQUEST_HEADER_LENGTH);
@@ -85,7 +85,7 @@ function serve(job: ThreadJob): void {
 
 port.on('message', (job: ThreadJob) => {
   try {
-    if (job.receiveBuffer && job.wakeFd !== undefined) new PlannedConnection(job, job.receiveBuffer, job.wakeFd).run();
+    if (job.kind === 'planned') new PlannedConnection(job).run();
     else serve(job);
   } finally {
     job.rpc.close();

@@ -41,7 +41,7 @@ import { answer, checkContextOf, type Output, type TransmissionHooks } from './t
 import type { BatchRequest, PlannedBatch, RequestPlan } from '../thin/thin-device.js';
 
 /** A connection for a thread (posted to it). */
-export interface ThreadJob {
+interface ThreadJobBase {
   id: number;
   /** The connection, blocking; the main thread closes it once the thread is done. */
   socketFd: number;
@@ -51,22 +51,35 @@ export interface ThreadJob {
   fileFd: number;
   ctx: CheckContext;
   /**
-   * Requests handed back: the thread posts a `ThreadCall`, waits on `signal` (or `wakeFd`), takes the reply
-   * (`Handed` → the reply's bytes, `PlanCall` → a plan for each request, `Settled` → none).
+   * Requests handed back: the thread posts a `ThreadCall`, waits for the main thread's signal,
+   * takes the reply (`Handed` → the reply's bytes, `PlanCall` → a plan for each request,
+   * `Settled` → none).
    */
   rpc: MessagePort;
-  signal: SharedArrayBuffer;
-  /**
-   * Where the export is planned (NbdExport.blockingFile.plan): the connection's receive buffer,
-   * shared so the main thread plans WRITE payloads where they were received.
-   */
-  receiveBuffer?: SharedArrayBuffer;
-  /**
-   * An eventfd the main thread signals after each reply, for a planned export's connection: its
-   * thread waits for the reply or for more requests at once (poll), not for the reply alone.
-   */
-  wakeFd?: number;
 }
+
+/**
+ * A plain file's connection: its thread waits only for the main thread's reply, so the signal
+ * is a futex (`Atomics.wait` on `signal`).
+ */
+export interface PlainFileJob extends ThreadJobBase {
+  kind: 'file';
+  signal: SharedArrayBuffer;
+}
+
+/**
+ * A planned export's connection (NbdExport.blockingFile.plan): its thread waits for the reply
+ * or for more requests at once, which only poll(2) can do, so the main thread signals an
+ * eventfd. The receive buffer is shared so the main thread plans WRITE payloads where they were
+ * received.
+ */
+export interface PlannedJob extends ThreadJobBase {
+  kind: 'planned';
+  receiveBuffer: SharedArrayBuffer;
+  wakeFd: number;
+}
+
+export type ThreadJob = PlainFileJob | PlannedJob;
 
 /** A request the thread hands to the main thread: its header and WRITE payload. */
 export interface Handed {
@@ -204,20 +217,23 @@ export class TransmissionThreads {
     const leftover = reader.detach();
     socket.destroy(); // closes Node's descriptor; the connection lives on in connFd
 
-    const id = this.nextId++;
-    const ctx = checkContextOf(neg);
     const channel = new MessageChannel();
-    const signal = new SharedArrayBuffer(4);
-    const wake = new Int32Array(signal);
+    const receiveBuffer = plan ? new SharedArrayBuffer(Math.max(RECEIVE_BUFFER_BYTES, 4 * leftover.length)) : undefined;
+    const base = { id: this.nextId++, socketFd: connFd, leftover, fileFd: file.fd, ctx: checkContextOf(neg), rpc: channel.port2 };
+    const job: ThreadJob = receiveBuffer
+      ? { ...base, kind: 'planned', receiveBuffer, wakeFd }
+      : { ...base, kind: 'file', signal: new SharedArrayBuffer(4) };
+    const { id, ctx } = job;
+    const wake = job.kind === 'file' ? new Int32Array(job.signal) : null;
     let open = true;
     const reply = (message: unknown): void => {
       if (!open) return; // (the thread has let go, and the eventfd's number may be reused)
       channel.port1.postMessage(message);
-      if (wakeFd >= 0) {
-        writeSync(wakeFd, WAKE);
-      } else {
+      if (wake) {
         Atomics.store(wake, 0, 1);
         Atomics.notify(wake, 0);
+      } else {
+        writeSync(wakeFd, WAKE);
       }
     };
     const replies: Buffer[] = [];
@@ -226,7 +242,6 @@ export class TransmissionThreads {
       send: (...bufs) => void replies.push(...bufs),
       sendData: (header, data) => void replies.push(header, data),
     };
-    const receiveBuffer = plan ? new SharedArrayBuffer(Math.max(RECEIVE_BUFFER_BYTES, 4 * leftover.length)) : undefined;
     const received = receiveBuffer && Buffer.from(receiveBuffer);
     let planned: PlannedBatch | null = null;
     channel.port1.on('message', (msg: ThreadCall) => {
@@ -267,8 +282,6 @@ export class TransmissionThreads {
     };
     this.serving.set(id, { worker, finish });
     worker.ref();
-    const job: ThreadJob = { id, socketFd: connFd, leftover, fileFd: file.fd, ctx, rpc: channel.port2, signal };
-    if (receiveBuffer) Object.assign(job, { receiveBuffer, wakeFd });
     worker.postMessage(job, [channel.port2]);
     return {
       done,
