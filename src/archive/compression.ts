@@ -9,6 +9,7 @@ import { Decompress as ZstdDecompress } from 'fzstd';
 import { isStrataError, strataError } from '../errors.js';
 import { FileChunks } from './file-chunks.js';
 import { detectCompression } from './magic.js';
+import { TappedChunks, type TappableChunks } from './tapped-chunks.js';
 
 /** Largest zstd window accepted (zstd's own default decoder limit is 128 MiB, --long=27). */
 const MAX_ZSTD_WINDOW = 128 << 20;
@@ -125,10 +126,11 @@ async function* unzstd(input: AsyncGenerator<Buffer>): AsyncGenerator<Buffer> {
 
 /**
  * Open a layer blob: detects the compression from the first bytes and returns the
- * uncompressed tar stream (backpressure preserved). bzip2 and xz: UNSUPPORTED_ARCHIVE.
+ * uncompressed tar as chunks that can be tapped (backpressure preserved). A plain tar read as
+ * FileChunks is returned as it is, its chunks lent. bzip2 and xz: UNSUPPORTED_ARCHIVE.
  */
-export async function openLayerStream(source: Readable): Promise<Readable> {
-  if (source instanceof FileChunks && source.compression === 'none') return source; // chunks stay lent
+export async function openLayerStream(source: Readable): Promise<TappableChunks> {
+  if (source instanceof FileChunks && source.compression === 'none') return source;
   const it = source[Symbol.asyncIterator]();
   const head: Buffer[] = [];
   let have = 0;
@@ -141,15 +143,13 @@ export async function openLayerStream(source: Readable): Promise<Readable> {
   }
   const kind = detectCompression(Buffer.concat(head));
   const input = rest(head, it);
-  // chunks pass as they are: a byte-mode Readable would concatenate whatever it has buffered
-  const chunks = { objectMode: true, highWaterMark: 2 };
   switch (kind) {
     case 'none':
-      return Readable.from(input, chunks);
+      return new TappedChunks(input);
     case 'gzip':
-      return Readable.from(gunzip(input), chunks);
+      return new TappedChunks(gunzip(input));
     case 'zstd':
-      return Readable.from(unzstd(input), chunks);
+      return new TappedChunks(unzstd(input));
     default:
       source.destroy();
       throw strataError('UNSUPPORTED_ARCHIVE',

@@ -19,15 +19,14 @@ import { promisify } from 'node:util';
 import { strataError } from '../errors.js';
 import { detectCompression, type Compression } from './magic.js';
 import type { LendingSource } from './tar/reader.js';
+import { showTaps, type ChunkTap, type TappableChunks } from './tapped-chunks.js';
 
 const DEFAULT_CHUNK = 1 << 20;
 const openAsync = promisify(open);
 const readAsync = promisify(read);
 const fstatAsync = promisify(fstat);
 
-export type ChunkTap = (chunk: Buffer) => Promise<void> | undefined | void;
-
-export class FileChunks extends Readable implements LendingSource {
+export class FileChunks extends Readable implements LendingSource, TappableChunks {
   private readonly free: Buffer[] = [];
   /** Chunks out with the consumer, by their memory: weak, so what is never given back is collected. */
   private readonly lent = new WeakMap<ArrayBufferLike, Buffer>();
@@ -87,15 +86,8 @@ export class FileChunks extends Readable implements LendingSource {
       this.position += n;
       const chunk = buffer.subarray(0, n);
       this.lent.set(buffer.buffer, buffer);
-      this.showTaps(chunk).then(() => this.push(chunk), (tapErr: Error) => this.destroy(tapErr));
+      showTaps(this.taps, chunk).then(() => this.push(chunk), (tapErr: Error) => this.destroy(tapErr));
     });
-  }
-
-  private async showTaps(chunk: Buffer): Promise<void> {
-    for (const tap of this.taps) {
-      const wait = tap(chunk);
-      if (wait) await wait;
-    }
   }
 
   override _destroy(err: Error | null, cb: (error?: Error | null) => void): void {

@@ -12,7 +12,8 @@ export { readTar, type TarEntry, type ReadTarOptions } from './tar/reader.js';
 export { TarWriter, buildTar } from './tar/writer.js';
 export { openLayerStream } from './compression.js';
 export { detectCompression, type Compression } from './magic.js';
-export { FileChunks, openFileInput, type ChunkTap } from './file-chunks.js';
+export { FileChunks, openFileInput } from './file-chunks.js';
+export { TappedChunks, isTappable, type ChunkTap, type TappableChunks } from './tapped-chunks.js';
 export { recordTarSplit } from './tar-split-tap.js';
 export {
   TarSplitRecorder, assembleTar, encodeTarSplitEntry, decodeTarSplitEntry,

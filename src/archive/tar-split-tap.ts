@@ -1,7 +1,8 @@
 /**
- * Record tar-split (and the DiffID) of a plain layer tar read as FileChunks, beside whatever
- * consumes the chunks: each chunk is shown to the recorder before the consumer sees it, so no
- * stream sits between the file and the driver and the chunks stay lent (file-chunks.ts).
+ * Record tar-split (and the DiffID) of a layer's uncompressed tar beside whatever consumes its
+ * chunks: each chunk is shown to the recorder before the consumer sees it (tapped-chunks.ts), so
+ * no stream stage sits between the input and the driver, and a plain tar's chunks stay lent
+ * (file-chunks.ts).
  *
  * Tried and dropped, recording on a worker thread (on two cores, what bounds an import is CPU):
  * - reading the chunks in shared memory made a 200 MB import slower (1.44 -> 1.66 s): V8 copies
@@ -13,7 +14,7 @@
  */
 import { createWriteStream } from 'node:fs';
 import { strataError } from '../errors.js';
-import type { FileChunks } from './file-chunks.js';
+import type { TappableChunks } from './tapped-chunks.js';
 import { TarSplitRecorder, type TarSplitResult } from './tar-split.js';
 
 /**
@@ -21,7 +22,7 @@ import { TarSplitRecorder, type TarSplitResult } from './tar-split.js';
  * the promise settles once the input has ended and the records are on disk, or with the first
  * failure, including the input being closed before its end.
  */
-export function recordTarSplit(input: FileChunks, sink: string): Promise<TarSplitResult> {
+export function recordTarSplit(input: TappableChunks, sink: string): Promise<TarSplitResult> {
   const recorder = new TarSplitRecorder(createWriteStream(sink));
   input.tap((chunk) => recorder.record(chunk));
   input.once('end', () => recorder.end());

@@ -2,12 +2,12 @@ import type { Command } from 'commander';
 import { createWriteStream } from 'node:fs';
 import { pipeline } from 'node:stream/promises';
 import { rename, rm } from 'node:fs/promises';
-import { Transform, type Readable, type TransformCallback } from 'node:stream';
+import type { Readable } from 'node:stream';
 import { Strata } from '../strata.js';
 import { strataError } from '../errors.js';
 import { globalsOf } from './main.js';
 import { formatSize } from '../util/units.js';
-import { FileChunks, openFileInput } from '../archive/index.js';
+import { FileChunks, TappedChunks, isTappable, openFileInput } from '../archive/index.js';
 
 /** Open the library for a subcommand, from the global flags. */
 export async function openStrata(cmd: Command): Promise<Strata> {
@@ -74,32 +74,17 @@ export async function openInput(path: string): Promise<Readable> {
   const total = source instanceof FileChunks ? source.size : 0;
   let done = 0;
   let last = 0;
-  const show = (chunk: Buffer) => {
+  const tapped = isTappable(source) ? source : new TappedChunks(source[Symbol.asyncIterator]());
+  tapped.tap((chunk) => {
     done += chunk.length;
     const now = Date.now();
     if (now - last > 200) {
       last = now;
       process.stderr.write(`\r${formatSize(done)}${total ? ` / ${formatSize(total)}` : ''}   `);
     }
-  };
-  const clear = () => process.stderr.write('\r\x1b[K');
-  if (source instanceof FileChunks) {
-    source.tap(show);
-    source.once('end', clear);
-    return source;
-  }
-  const meter = new Transform({
-    transform(chunk: Buffer, _enc, cb: TransformCallback) {
-      show(chunk);
-      cb(null, chunk);
-    },
-    flush(cb) {
-      clear();
-      cb();
-    },
   });
-  source.on('error', (err) => meter.destroy(err));
-  return source.pipe(meter);
+  tapped.once('end', () => process.stderr.write('\r\x1b[K'));
+  return tapped;
 }
 
 export function shortId(id: string): string {

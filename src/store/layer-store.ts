@@ -13,7 +13,7 @@
  * recover() belongs to a dead process.
  */
 import { readFile, readdir, rename, rm, stat } from 'node:fs/promises';
-import { createReadStream, createWriteStream, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { createReadStream, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { PassThrough, type Readable } from 'node:stream';
@@ -21,7 +21,7 @@ import { DigestVerifier } from '../util/digest-verifier.js';
 import { pipeline } from 'node:stream/promises';
 import type { Driver } from '../drivers/driver.js';
 import {
-  FileChunks, TarSplitRecorder, assembleTar, decodeTarSplitEntry, openLayerStream, recordTarSplit, type TarSplitResult,
+  assembleTar, decodeTarSplitEntry, openLayerStream, recordTarSplit,
 } from '../archive/index.js';
 import { createGunzip } from 'node:zlib';
 import { createInterface } from 'node:readline';
@@ -157,25 +157,15 @@ export class LayerStore {
     const tarSplitTmp = join(this.tmp, `${cacheId}.${TAR_SPLIT}`);
     try {
       await this.driver.create(cacheId, parentInfo?.cacheId ?? null);
-      let recorded: Promise<TarSplitResult>;
-      let passthrough: Readable;
-      if (input instanceof FileChunks && input.compression === 'none') {
-        // the recorder sees each chunk as it is read; the driver reads the same lent buffers
-        recorded = recordTarSplit(input, tarSplitTmp);
-        passthrough = input;
-      } else {
-        const tar = await openLayerStream(input);
-        const recorder = new TarSplitRecorder(createWriteStream(tarSplitTmp));
-        passthrough = tar.pipe(recorder);
-        tar.on('error', (err) => recorder.destroy(err));
-        recorded = recorder.finished();
-      }
-      const size = await this.driver.applyDiff(cacheId, parentInfo?.cacheId ?? null, passthrough);
+      // the recorder sees each chunk before the driver reads it (a plain tar file's lent buffers)
+      const tar = await openLayerStream(input);
+      const recorded = recordTarSplit(tar, tarSplitTmp);
+      const size = await this.driver.applyDiff(cacheId, parentInfo?.cacheId ?? null, tar);
       // The driver stops at the end-of-archive marker; the DiffID covers trailing padding too.
-      passthrough.resume();
+      tar.resume();
       await new Promise<void>((resolve, reject) => {
-        if (passthrough.readableEnded) return resolve();
-        passthrough.once('end', resolve).once('error', reject);
+        if (tar.readableEnded) return resolve();
+        tar.once('end', resolve).once('error', reject);
       });
       const diffId = (await recorded).diffId as Digest;
       const chainId = parent ? sha256(`${parent} ${diffId}`) : diffId;
