@@ -235,10 +235,11 @@ describe('the push disassembler agrees with readTar on every archive we have', (
     const add = (e: Parameters<typeof enc>[0]): void => { records.push(enc({ ...e, position: pos++ })); };
     try {
       for await (const e of readTar(bufferStream(tar, chunk), {
+        raw: true,
         onEnd: (raw) => { if (raw.length) add({ type: 2, payload: raw, position: 0 }); },
         onTrailing: (c) => add({ type: 2, payload: c, position: 0 }),
       })) {
-        if (e.raw.length) add({ type: 2, payload: e.raw, position: 0 });
+        if (e.raw!.length) add({ type: 2, payload: e.raw!, position: 0 });
         let payload: Buffer | null = null;
         if (e.header.size > 0) {
           const crc = new Crc64();

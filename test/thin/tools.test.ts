@@ -161,8 +161,13 @@ test('metadata snapshot: thin_dump -m reads the frozen view; release leaves no l
     await pool.close();
     const check = tool('thin_check', [meta]);
     assert.equal(check.status, 0, check.stderr);
-    const md = await ThinMetadata.open(await FileBlockDevice.open(meta, { readOnly: true }), { readOnly: true });
-    assert.deepEqual((await checkMetadata(md)).issues, []);
+    const metaDev = await FileBlockDevice.open(meta, { readOnly: true });
+    try {
+      const md = await ThinMetadata.open(metaDev, { readOnly: true });
+      assert.deepEqual((await checkMetadata(md)).issues, []);
+    } finally {
+      await metaDev.close();
+    }
   } finally {
     await cleanup();
   }
@@ -196,8 +201,13 @@ test('the checkers catch leaked and miscounted blocks (thin_check 0.9.0 only in 
       // Debian's thin_check 0.9.0 compares only the metadata space map's counts; data-map
       // damage passes it, which is why Strata's own checker runs next to it in these tests
       if (c.metadata) assert.notEqual(tool('thin_check', [meta]).status, 0, `thin_check misses the ${c.damage}`);
-      const md = await ThinMetadata.open(await FileBlockDevice.open(meta, { readOnly: true }), { readOnly: true });
-      const report = await checkMetadata(md);
+      const metaDev = await FileBlockDevice.open(meta, { readOnly: true });
+      let report;
+      try {
+        report = await checkMetadata(await ThinMetadata.open(metaDev, { readOnly: true }));
+      } finally {
+        await metaDev.close();
+      }
       assert.equal(report.ok, false, c.damage);
       assert.equal(report.issues[0]!.kind, c.kind);
       assert.equal(report.issues[0]!.block, c.block);

@@ -16,11 +16,12 @@ import { MAX_SPECIAL_FILE_SIZE, parsePaxInteger, parsePaxRecords, parsePaxTime, 
 export interface TarEntry {
   header: TarHeader;
   /**
-   * The non-data bytes read for this entry, in order: the padding that ended the previous
-   * entry's data, every metadata pseudo-entry (PAX `x`, GNU `L`/`K`) with its data and padding,
-   * and this entry's header block. Exactly tar-split's segment before a file entry.
+   * With the `raw` option: the non-data bytes read for this entry, in order: the padding that
+   * ended the previous entry's data, every metadata pseudo-entry (PAX `x`, GNU `L`/`K`) with its
+   * data and padding, and this entry's header block. Exactly tar-split's segment before a file
+   * entry. (Not kept by default: an applier has no use for them, and they cost copies.)
    */
-  raw: Buffer;
+  raw?: Buffer;
   /** Bytes of data that follow in the archive (0 for header-only types such as dirs, links). */
   dataSize: number;
   /** The data as a stream with backpressure. Read it, or leave it: the reader skips the rest. */
@@ -35,6 +36,8 @@ export interface TarEntry {
 }
 
 export interface ReadTarOptions {
+  /** Keep each entry's non-data bytes as `raw` (implied by `onEnd`, which is given the last). */
+  raw?: boolean;
   /** The end of archive: the last padding plus the zero blocks read (0, 1 or 2 blocks). */
   onEnd?: (raw: Buffer) => void | Promise<void>;
   /** Bytes after the end marker (GNU record padding, garbage), in pieces of at most 1 MiB. */
@@ -53,8 +56,9 @@ function truncated(what: string, context: Record<string, unknown> = {}): Error {
 /**
  * A source that lends its chunks (FileChunks): each may be overwritten once given back. The
  * reader gives a chunk back when its bytes have been consumed and the caller has come back for
- * more, so a data piece stays valid until the next call into the reader; everything the reader
- * keeps or hands out whole (header blocks, `raw`, `readAll`) is copied.
+ * more, so a data piece stays valid until the next call into the reader; a header block is
+ * parsed where it lies, and everything the reader keeps or hands out whole (`raw`, `readAll`)
+ * is copied.
  */
 export interface LendingSource {
   release(chunk: Uint8Array): void;
@@ -125,6 +129,19 @@ class ByteSource {
     return out;
   }
 
+  /**
+   * Exactly n buffered bytes, valid until the next call into the source: a view where they lie
+   * in one chunk (even one that is lent), else a copy.
+   */
+  view(n: number): Buffer {
+    return this.chunks[this.head]!.length >= n ? this.takeSome(n) : this.take(n);
+  }
+
+  /** Drop n buffered bytes. */
+  skip(n: number): void {
+    while (n > 0) n -= this.takeSome(n).length;
+  }
+
   /** Up to `max` bytes from the first buffered chunk (zero copy). Requires length > 0. */
   takeSome(max: number): Buffer {
     this.releaseConsumed();
@@ -165,7 +182,7 @@ class Entry implements TarEntry {
   constructor(
     private readonly src: ByteSource,
     readonly header: TarHeader,
-    readonly raw: Buffer,
+    readonly raw: Buffer | undefined,
     readonly dataSize: number,
   ) {
     this.remaining = dataSize;
@@ -345,10 +362,22 @@ export async function* readTar(
 ): AsyncGenerator<TarEntry, void, undefined> {
   const src = new ByteSource(source);
   const maxMeta = opts.maxMetaHeaders ?? DEFAULT_MAX_META_HEADERS;
+  // without `raw`, padding is skipped and header blocks are parsed where they lie
+  const keepRaw = opts.raw === true || opts.onEnd !== undefined;
+  let raw: Buffer[] = [];
+  const keep = (bytes: Buffer): void => {
+    if (keepRaw) raw.push(bytes);
+  };
+  const block = (): Buffer => {
+    if (!keepRaw) return src.view(BLOCK);
+    const b = src.take(BLOCK);
+    raw.push(b);
+    return b;
+  };
   let pad = 0;
   try {
     for (;;) {
-      const raw: Buffer[] = [];
+      raw = [];
       if (pad > 0) {
         // Go treats missing padding at the very end as a clean end of input
         const ok = await src.need(pad);
@@ -357,7 +386,8 @@ export async function* readTar(
           await opts.onEnd?.(Buffer.concat(raw));
           return;
         }
-        raw.push(src.take(pad));
+        if (keepRaw) raw.push(src.take(pad));
+        else src.skip(pad);
         pad = 0;
       }
       let paxRecords: PaxRecords | null = null;
@@ -372,18 +402,15 @@ export async function* readTar(
           await opts.onEnd?.(Buffer.concat(raw));
           return;
         }
-        const block = src.take(BLOCK);
-        raw.push(block);
-        if (isZeroBlock(block)) {
+        const first = block();
+        if (isZeroBlock(first)) {
           if (!(await src.need(BLOCK))) {
             const rest = src.takeAll();
             if (rest.length > 0) throw truncated('the end-of-archive marker');
             await opts.onEnd?.(Buffer.concat(raw));
             return;
           }
-          const second = src.take(BLOCK);
-          raw.push(second);
-          if (!isZeroBlock(second)) {
+          if (!isZeroBlock(block())) {
             throw strataError('INVALID_ARCHIVE', 'tar archive: a zero block followed by a non-zero block');
           }
           await opts.onEnd?.(Buffer.concat(raw));
@@ -395,7 +422,7 @@ export async function* readTar(
           }
           return;
         }
-        const header = decodeHeader(block);
+        const header = decodeHeader(first); // (copies what it keeps: `first` may be a lent view)
         const flag = header.typeflag;
         if (flag === TYPE.paxHeader || flag === TYPE.paxGlobal || flag === TYPE.gnuLongName || flag === TYPE.gnuLongLink) {
           if (++metaCount > maxMeta) {
@@ -409,18 +436,21 @@ export async function* readTar(
             // returned as an entry of its own; its padding opens the next segment, as in Go
             if (!(await src.need(header.size))) throw truncated('a PAX global header');
             const data = Buffer.from(src.take(header.size));
-            raw.push(data);
+            keep(data);
             const records = parsePaxRecords(data);
             const g: TarHeader = { ...header, size: 0, pax: records, format: 'pax' };
             pad = blockPadding(header.size);
-            yield new Entry(src, g, Buffer.concat(raw), 0);
+            yield new Entry(src, g, keepRaw ? Buffer.concat(raw) : undefined, 0);
             break;
           }
           const total = header.size + blockPadding(header.size);
           if (!(await src.need(total))) throw truncated('a metadata header');
           const data = Buffer.from(src.take(header.size));
-          raw.push(data);
-          if (total > header.size) raw.push(src.take(total - header.size));
+          keep(data);
+          if (total > header.size) {
+            if (keepRaw) raw.push(src.take(total - header.size));
+            else src.skip(total - header.size);
+          }
           if (flag === TYPE.paxHeader) paxRecords = parsePaxRecords(data);
           else if (flag === TYPE.gnuLongName) longName = Buffer.from(cString(data));
           else longLink = Buffer.from(cString(data));
@@ -428,7 +458,7 @@ export async function* readTar(
         }
         completeHeader(header, paxRecords, longName, longLink);
         const dataSize = isHeaderOnlyType(header.typeflag) ? 0 : header.size;
-        const entry = new Entry(src, header, Buffer.concat(raw), dataSize);
+        const entry = new Entry(src, header, keepRaw ? Buffer.concat(raw) : undefined, dataSize);
         yield entry;
         await entry.finish();
         pad = blockPadding(dataSize);
