@@ -1,6 +1,6 @@
 import { createRequire } from 'node:module';
 import { Command, CommanderError } from 'commander';
-import { StrataError, exitStatusFor } from '../errors.js';
+import { StrataError, exitStatusFor, isErrno } from '../errors.js';
 import { groupsFor } from './commands/index.js';
 
 /** Global flags every command sees (`--root`, `--storage-driver`, `--storage-opt`, `--debug`). */
@@ -32,12 +32,34 @@ function packageVersion(): string {
 }
 
 /** Run the CLI; returns the exit status. Errors print one line on stderr (a stack with --debug). */
+/** The status of a process killed by SIGPIPE (128 + 13), which is how Docker's CLI ends. */
+const EXIT_BROKEN_PIPE = 141;
+let pipeWatched = false;
+let pipeBroken = false;
+
+/**
+ * A reader that goes away (`strata images | head -1`) ends the output. Node ignores SIGPIPE, so
+ * the write fails with EPIPE instead, which would surface as an unhandled 'error' with a stack
+ * trace. It is noted here and the command goes on to its end (a `save` stops at its next write,
+ * giving back the layers it holds), which then exits quietly, as a process killed by SIGPIPE.
+ */
+function watchForBrokenPipe(): void {
+  if (pipeWatched) return;
+  pipeWatched = true;
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code !== 'EPIPE') throw err;
+    pipeBroken = true;
+  });
+}
+
 export async function main(argv: string[]): Promise<number> {
+  watchForBrokenPipe();
   const program = await buildProgram(argv);
   try {
     await program.parseAsync(argv, { from: 'user' });
-    return 0;
+    return pipeBroken ? EXIT_BROKEN_PIPE : 0;
   } catch (err) {
+    if (pipeBroken || isErrno(err, 'EPIPE')) return EXIT_BROKEN_PIPE;
     if (err instanceof CommanderError) {
       // commander has already printed help/version/usage errors
       return err.exitCode === 0 ? 0 : 2;

@@ -96,6 +96,22 @@ describe('strata CLI (vfs)', () => {
     assert.equal(usage.code, 2);
   });
 
+  it('ends quietly, as a process killed by SIGPIPE, when its reader goes away (save | head -c 10)', async () => {
+    // a layer larger than a pipe holds, so the writes outrun a reader that stops at 10 bytes
+    await writeFile(join(work, 'big.tar'), await layerTar([file('blob', Buffer.alloc(1 << 20, 7))]));
+    await cli(['import', join(work, 'big.tar'), 'big:1']);
+    const { spawn } = await import('node:child_process');
+    const { strataArgsFor } = await import('../helpers/cli.js');
+    const child = spawn(process.execPath, strataArgsFor(root, ['--storage-driver', 'vfs', 'save', 'big:1']), { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.stdout.once('data', () => child.stdout.destroy()); // read a little, then close our end
+    const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+    assert.equal(code, 141);
+    assert.equal(stderr, '');
+    await cli(['rmi', 'big:1']);
+  });
+
   it('imports from stdin and from a directory', async () => {
     const src = join(work, 'tree');
     await applyOps(src, [file('hello', 'world\n')]);
