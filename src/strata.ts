@@ -376,19 +376,19 @@ export class Strata {
         throw err;
       });
       if (mount) {
-        if (opts.force) while (await this.isMounted(mount.mountId)) await this.driver.put(mount.mountId);
-        else if (await this.isMounted(mount.mountId)) {
+        const refs = new MountRefs(this.driver.home);
+        if (opts.force) while ((await refs.kept(mount.mountId)) > 0) await this.driver.put(mount.mountId, { keep: true });
+        if ((await refs.kept(mount.mountId)) > 0) {
           throw strataError('LAYER_MOUNTED', `container ${record.Name.slice(1)} is mounted: run strata unmount ${record.Name.slice(1)} first, or rm -f`, { id: record.ID });
+        }
+        if ((await refs.count(mount.mountId)) > 0) {
+          throw strataError('LAYER_MOUNTED', `container ${record.Name.slice(1)} is in use by another strata process (an export or diff of it)`, { id: record.ID });
         }
         await this.layers.removeMount(txn, record.ID);
       }
       await this.containers.remove(txn, record.ID);
       return record.ID;
     });
-  }
-
-  private async isMounted(id: string): Promise<boolean> {
-    return (await new MountRefs(this.driver.home).count(id)) > 0;
   }
 
   private async mountOf(nameOrId: string) {
@@ -399,12 +399,12 @@ export class Strata {
   /** Mount the container's filesystem and return its path (kept until unmount). */
   async mount(nameOrId: string): Promise<string> {
     const { mount } = await this.mountOf(nameOrId);
-    return this.driver.get(mount.mountId);
+    return this.driver.get(mount.mountId, { keep: true });
   }
 
   async unmount(nameOrId: string): Promise<void> {
     const { mount } = await this.mountOf(nameOrId);
-    await this.driver.put(mount.mountId);
+    await this.driver.put(mount.mountId, { keep: true });
   }
 
   /** `docker diff`. */

@@ -1,4 +1,5 @@
 import type { Readable } from 'node:stream';
+import type { MountOptions } from './mount-refs.js';
 
 /**
  * A storage driver lays layers on disk, as Docker's graphdriver does. It knows nothing of images
@@ -31,10 +32,13 @@ export interface Driver {
   createReadWrite(id: string, parent: string | null, opts?: CreateOptions): Promise<void>;
   /** Delete a layer. Refuses (LAYER_MOUNTED) while it is mounted. */
   remove(id: string): Promise<void>;
-  /** Mount (first reference) and return the layer's root directory. */
-  get(id: string): Promise<string>;
-  /** Release one reference; unmount at zero. */
-  put(id: string): Promise<void>;
+  /**
+   * Mount (first reference) and return the layer's root directory. The reference is this
+   * process's, let go if it dies, unless `opts.keep` (MountRefs).
+   */
+  get(id: string, opts?: MountOptions): Promise<string>;
+  /** Release one reference (of the same kind as its get); unmount at zero. */
+  put(id: string, opts?: MountOptions): Promise<void>;
   exists(id: string): Promise<boolean>;
   /** Key/value lines for `strata info`, in display order. */
   status(): Promise<Array<[string, string]>>;

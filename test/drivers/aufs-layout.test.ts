@@ -9,6 +9,7 @@ import { promisify } from 'node:util';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { AufsDriver, probeAufs } from '../../src/drivers/aufs/aufs-driver.js';
+import { MountRefs } from '../../src/drivers/mount-refs.js';
 import { childLayers, formatLayers, parseLayers } from '../../src/drivers/aufs/layers-file.js';
 import { detectMountProgram, isMounted } from '../../src/drivers/aufs/mount-program.js';
 import { fixupFor, normalizeUpper } from '../../src/drivers/aufs/upper-normalize.js';
@@ -133,18 +134,18 @@ test('a container on fuse-overlayfs: changes land in diff/<id> in aufs form afte
   await d.put('ctr');
 });
 
-test('mount counts are shared by processes: a get in one, the put in another', async (t) => {
+test('kept mount counts are shared by processes: a get in one, the put in another', async (t) => {
   const why = isRoot ? await probeAufs('') : 'mounts need root';
   if (why !== null) return t.skip(why);
   const { root, d, home } = await withRoot(t);
   await d.create('l', null);
   const script = (op: string) => `import { AufsDriver } from ${JSON.stringify(new URL('../../src/drivers/aufs/aufs-driver.ts', import.meta.url).pathname)};
-    const d = new AufsDriver({ root: ${JSON.stringify(root)}, options: {} }); await d.${op}('l');`;
+    const d = new AufsDriver({ root: ${JSON.stringify(root)}, options: {} }); await d.${op}('l', { keep: true });`;
   const child = (op: string) => run(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script(op)]);
   await child('get');
   await child('get');
   assert.equal(await isMounted(join(home, 'mnt/l')), true);
-  assert.equal(await fsp.readFile(join(home, 'mountrefs/l'), 'utf8'), '2');
+  assert.equal(await new MountRefs(home).kept('l'), 2);
   await assert.rejects(d.remove('l'), (e) => isStrataError(e, 'LAYER_MOUNTED'));
   await child('put');
   assert.equal(await isMounted(join(home, 'mnt/l')), true);
@@ -197,7 +198,7 @@ test('a mount whose FUSE daemon died is mounted again by the next get', async (t
   await assert.rejects(fsp.stat(join(mnt, 'hello')), 'the dead mount answers ENOTCONN');
   const again = await d.get('base');
   assert.equal(await fsp.readFile(join(again, 'hello'), 'utf8'), 'world');
-  assert.equal(await fsp.readFile(join(home, 'mountrefs/base'), 'utf8'), '2');
+  assert.equal(await new MountRefs(home).count('base'), 2);
   await d.put('base');
   await d.put('base');
   assert.equal(await isMounted(mnt), false);

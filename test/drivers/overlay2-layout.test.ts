@@ -105,27 +105,33 @@ describe('overlay2 layout and mounts', () => {
     }
   });
 
-  test('reference counts survive the process that took them', async (d, home, root) => {
+  test('kept references survive the process that took them; a process\'s own go with it', async (d, home, root) => {
     const [a, b] = [ID(1), ID(2)];
     await d.create(a, null);
     await d.createReadWrite(b, a);
-    const script = `import('${new URL('../../src/drivers/overlay2/overlay2-driver.ts', import.meta.url).pathname}').then(async (m) => { const d = await m.createOverlay2Driver({ root: ${JSON.stringify(root)}, options: {} }); process.stdout.write(await d.get(${JSON.stringify(b)})); })`;
-    const out = await new Promise<string>((resolve, reject) => {
+    /** get(b) in another process, which then exits without a put. */
+    const getElsewhere = (opts: string) => new Promise<string>((resolve, reject) => {
+      const script = `import('${new URL('../../src/drivers/overlay2/overlay2-driver.ts', import.meta.url).pathname}').then(async (m) => { const d = await m.createOverlay2Driver({ root: ${JSON.stringify(root)}, options: {} }); process.stdout.write(await d.get(${JSON.stringify(b)}, ${opts})); })`;
       const child = spawn(process.execPath, ['--import', 'tsx', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
       let text = '';
       child.stdout.on('data', (c: Buffer) => (text += c.toString()));
       child.on('error', reject);
       child.on('close', (code) => (code === 0 ? resolve(text) : reject(new Error(`child exited ${code}`))));
     });
+    const out = await getElsewhere('{ keep: true }');
     assert.equal(out, join(home, b, 'merged'));
     assert.ok(await isMountPoint(out), 'the mount outlives the process');
     await assert.rejects(d.remove(b), (e) => isStrataError(e, 'LAYER_MOUNTED'));
     assert.equal(await d.get(b), out);
     await d.put(b);
-    assert.ok(await isMountPoint(out), 'the other process still holds a reference');
-    await d.put(b);
+    assert.ok(await isMountPoint(out), 'the other process still holds a kept reference');
+    await d.put(b, { keep: true });
     assert.ok(!(await isMountPoint(out)));
+    // a reference of a process that has gone is not counted: its mount is left, remove takes it
+    assert.equal(await getElsewhere('{}'), out);
+    assert.ok(await isMountPoint(out));
     await d.remove(b);
+    assert.ok(!(await isMountPoint(out)));
   });
 
   test('cleanup unmounts everything; a later get mounts again', async (d) => {

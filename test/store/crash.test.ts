@@ -84,6 +84,27 @@ describe('crash safety (SIGKILL at many points)', () => {
     }
   });
 
+  it('save and export killed while they hold a layer leave nothing counted: the image and container can go', async () => {
+    const readTar = join(work, 'read.tar');
+    await writeFile(readTar, await layerTar(Array.from({ length: 50 }, (_, i) => file(`r/f${i}`, randomBytes(65536)))));
+    await strataOk(root, ['--storage-driver', 'vfs', 'import', readTar, 'read:1']);
+    await strataOk(root, ['--storage-driver', 'vfs', 'create', '--name', 'reader', 'read:1']);
+    const refs = join(root, 'vfs', 'mountrefs');
+    const counted = async () => (await readdir(refs).catch(() => [] as string[])).filter((n) => !n.startsWith('.'));
+    for (const [args, then] of [[['export', 'reader'], ['rm', 'reader']], [['save', 'read:1'], ['rmi', 'read:1']]]) {
+      assert.deepEqual(await counted(), []);
+      // nobody reads its output: it blocks on a full pipe, holding the layer it reads
+      const child = spawn(process.execPath, strataArgsFor(root, ['--storage-driver', 'vfs', ...args!]), { stdio: ['ignore', 'pipe', 'ignore'] });
+      const exited = new Promise((resolve) => child.on('close', resolve));
+      for (let i = 0; i < 200 && (await counted()).length === 0; i++) await new Promise((r) => setTimeout(r, 25));
+      assert.equal((await counted()).length, 1, `${args![0]} took no reference`);
+      child.kill('SIGKILL');
+      await exited;
+      await strataOk(root, ['--storage-driver', 'vfs', ...then!]);
+    }
+    await assertConsistent(root);
+  });
+
   it('rmi killed mid-way leaves a consistent store', async () => {
     for (const ms of [150, 300, 600]) {
       await strataOk(root, ['--storage-driver', 'vfs', 'import', bigTar, `gone:${ms}`]);

@@ -27,7 +27,7 @@ import type { Change, CreateOptions, Driver, DriverCapabilities, DriverOptions }
 import { isErrno, strataError } from '../../errors.js';
 import { writeFileAtomic, fsyncDir } from '../../util/atomic.js';
 import { withFileLock } from '../../util/file-lock.js';
-import { MountRefs } from '../mount-refs.js';
+import { MountRefs, holderOf, type MountOptions } from '../mount-refs.js';
 import { checkLayerId } from '../layer-id.js';
 import { layerIdsIn, sweepLeftovers } from '../leftovers.js';
 import { naiveChanges, naiveDiff, naiveDiffSize } from '../naive-diff.js';
@@ -130,7 +130,7 @@ export class AufsDriver implements Driver {
     await this.refs.forget(id);
   }
 
-  async get(id: string): Promise<string> {
+  async get(id: string, opts?: MountOptions): Promise<string> {
     const ancestors = await this.ancestors(id);
     await mkdir(join(this.home, 'locks'), { recursive: true, mode: 0o700 });
     const target = this.mntDir(id);
@@ -144,7 +144,7 @@ export class AufsDriver implements Driver {
       work: join('work', id),
       target,
     });
-    await this.refs.change(id, 1, async () => {
+    await this.refs.change(id, 1, holderOf(opts), async () => {
       await mkdir(target, { recursive: true, mode: 0o755 });
       if (await isMounted(target)) return; // a mount that outlived its count (crash): reuse it
       await this.normalize(id, ancestors);
@@ -169,9 +169,9 @@ export class AufsDriver implements Driver {
     return (await isMounted(target)) && (await statfs(target).then(() => true, () => false));
   }
 
-  async put(id: string): Promise<void> {
+  async put(id: string, opts?: MountOptions): Promise<void> {
     checkLayerId(id);
-    await this.refs.change(id, -1, async () => {
+    await this.refs.change(id, -1, holderOf(opts), async () => {
       const target = this.mntDir(id);
       if (await isMounted(target)) await unmount(target);
       await this.normalize(id);

@@ -20,7 +20,7 @@ import { randomBytes } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import type { Change, CreateOptions, Driver, DriverCapabilities, DriverOptions } from '../driver.js';
 import { strataError, isErrno } from '../../errors.js';
-import { MountRefs } from '../mount-refs.js';
+import { MountRefs, holderOf, type MountOptions } from '../mount-refs.js';
 import { checkLayerId } from '../layer-id.js';
 import { layerIdsIn } from '../leftovers.js';
 import { naiveApplyDiff, naiveChanges, naiveDiff, naiveDiffSize } from '../naive-diff.js';
@@ -119,6 +119,7 @@ export class BtrfsDriver implements Driver {
     const doomed = `${DOOMED}${id}-${randomBytes(4).toString('hex')}`;
     await rename(target, join(this.subvolumes, doomed));
     await rm(this.quotaFile(id), { force: true });
+    await this.refs.forget(id); // (what processes that died still had written there)
     await this.deleteLayerSubvolume(doomed, limited);
   }
 
@@ -153,10 +154,10 @@ export class BtrfsDriver implements Driver {
     }
   }
 
-  async get(id: string): Promise<string> {
+  async get(id: string, opts?: MountOptions): Promise<string> {
     const target = this.path(id);
     if (!(await this.exists(id))) throw strataError('LAYER_NOT_FOUND', `layer ${id} not found`, { id });
-    await this.refs.change(id, 1, async () => {
+    await this.refs.change(id, 1, holderOf(opts), async () => {
       // As moby's Get: a recorded limit is applied again, in case quotas were switched off and
       // on since (which forgets every limit).
       const size = await this.readQuota(id);
@@ -168,9 +169,9 @@ export class BtrfsDriver implements Driver {
     return target;
   }
 
-  async put(id: string): Promise<void> {
+  async put(id: string, opts?: MountOptions): Promise<void> {
     this.path(id);
-    await this.refs.change(id, -1);
+    await this.refs.change(id, -1, holderOf(opts));
   }
 
   exists(id: string): Promise<boolean> {

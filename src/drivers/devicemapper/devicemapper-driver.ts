@@ -29,7 +29,7 @@ import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import type { Change, CreateOptions, Driver, DriverCapabilities, DriverOptions } from '../driver.js';
 import { isErrno, strataError } from '../../errors.js';
-import { MountRefs } from '../mount-refs.js';
+import { MountRefs, holderOf, type MountOptions } from '../mount-refs.js';
 import { checkLayerId } from '../layer-id.js';
 import { naiveApplyDiff, naiveChanges, naiveDiff, naiveDiffSize } from '../naive-diff.js';
 import { backingFsName } from '../backing-fs.js';
@@ -153,10 +153,10 @@ export class DevicemapperDriver implements Driver {
     });
   }
 
-  async get(id: string): Promise<string> {
+  async get(id: string, opts?: MountOptions): Promise<string> {
     const info = await this.info(id);
     const mp = this.mountpoint(id);
-    await this.refs.change(id, 1, async () => {
+    await this.refs.change(id, 1, holderOf(opts), async () => {
       await this.act.mount(id, info, mp);
       try {
         // as moby: the layer lives in rootfs/, and the device remembers whose it is
@@ -172,9 +172,9 @@ export class DevicemapperDriver implements Driver {
     return join(mp, 'rootfs');
   }
 
-  async put(id: string): Promise<void> {
+  async put(id: string, opts?: MountOptions): Promise<void> {
     checkLayerId(id);
-    await this.refs.change(id, -1, () => this.act.unmount(id, this.mountpoint(id)));
+    await this.refs.change(id, -1, holderOf(opts), () => this.act.unmount(id, this.mountpoint(id)));
   }
 
   async exists(id: string): Promise<boolean> {

@@ -27,7 +27,7 @@ import { randomBytes } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import type { Change, CreateOptions, Driver, DriverCapabilities, DriverOptions } from '../driver.js';
 import { strataError, isErrno } from '../../errors.js';
-import { MountRefs } from '../mount-refs.js';
+import { MountRefs, holderOf, type MountOptions } from '../mount-refs.js';
 import { checkLayerId } from '../layer-id.js';
 import { layerIdsIn, sweepLeftovers } from '../leftovers.js';
 import { withFileLock } from '../../util/file-lock.js';
@@ -137,6 +137,7 @@ export class Overlay2Driver implements Driver {
     if (!(await this.exists(id))) throw strataError('LAYER_NOT_FOUND', `layer ${id} not found`, { id });
     if ((await this.refs.count(id)) > 0) throw strataError('LAYER_MOUNTED', `layer ${id} is mounted`, { id });
     await this.removeFiles(id);
+    await this.refs.forget(id); // (what processes that died still had written there)
   }
 
   private async removeFiles(id: string): Promise<void> {
@@ -173,7 +174,7 @@ export class Overlay2Driver implements Driver {
     return withFileLock(join(this.home, '.mounts.lock'), fn);
   }
 
-  async get(id: string): Promise<string> {
+  async get(id: string, opts?: MountOptions): Promise<string> {
     const dir = this.dir(id);
     if (!(await this.exists(id))) throw strataError('LAYER_NOT_FOUND', `layer ${id} not found`, { id });
     const lower = readOptionalSync(join(dir, 'lower'));
@@ -181,11 +182,11 @@ export class Overlay2Driver implements Driver {
     return this.withMountLock(async () => {
       // A layer without lowers is never mounted: its diff/ is the whole filesystem (as Docker).
       if (lower === null) {
-        await this.refs.change(id, 1);
+        await this.refs.change(id, 1, holderOf(opts));
         return join(dir, 'diff');
       }
       const merged = join(dir, 'merged');
-      const count = await this.refs.change(id, 1, async () => {
+      const count = await this.refs.change(id, 1, holderOf(opts), async () => {
         // Already mounted by someone else (dockerd on a shared root, which counts it the same
         // way): use it, and leave it mounted on our last put.
         if (await isMountPoint(merged)) await writeFile(this.borrowedMarker(id), '');
@@ -237,10 +238,10 @@ export class Overlay2Driver implements Driver {
     }
   }
 
-  async put(id: string): Promise<void> {
+  async put(id: string, opts?: MountOptions): Promise<void> {
     this.dir(id);
     await this.withMountLock(async () => {
-      await this.refs.change(id, -1, () => this.release(id));
+      await this.refs.change(id, -1, holderOf(opts), () => this.release(id));
     });
   }
 

@@ -12,7 +12,7 @@ import { randomBytes } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import type { Change, CreateOptions, Driver, DriverCapabilities, DriverOptions } from '../driver.js';
 import { strataError } from '../../errors.js';
-import { MountRefs } from '../mount-refs.js';
+import { MountRefs, holderOf, type MountOptions } from '../mount-refs.js';
 import { checkLayerId } from '../layer-id.js';
 import { layerIdsIn, sweepLeftovers } from '../leftovers.js';
 import { naiveApplyDiff, naiveChanges, naiveDiff, naiveDiffSize } from '../naive-diff.js';
@@ -73,19 +73,20 @@ export class VfsDriver implements Driver {
     // Rename first: a crash mid-delete leaves a `.rm-*` directory for cleanup, not a torn layer.
     const doomed = join(this.home, 'dir', `.rm-${id}-${randomBytes(4).toString('hex')}`);
     await rename(target, doomed);
+    await this.refs.forget(id); // (what processes that died still had written there)
     await rm(doomed, { recursive: true, force: true });
   }
 
-  async get(id: string): Promise<string> {
+  async get(id: string, opts?: MountOptions): Promise<string> {
     const target = this.dir(id);
     if (!(await this.exists(id))) throw strataError('LAYER_NOT_FOUND', `layer ${id} not found`, { id });
-    await this.refs.change(id, 1);
+    await this.refs.change(id, 1, holderOf(opts));
     return target;
   }
 
-  async put(id: string): Promise<void> {
+  async put(id: string, opts?: MountOptions): Promise<void> {
     this.dir(id);
-    await this.refs.change(id, -1);
+    await this.refs.change(id, -1, holderOf(opts));
   }
 
   exists(id: string): Promise<boolean> {
