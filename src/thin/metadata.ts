@@ -166,6 +166,14 @@ export class ThinMetadata {
   }
   static readonly growthHeadroom = 16;
 
+  /**
+   * Whether `mappings` more can surely be inserted before the reserve is reached: a generous
+   * estimate, a new leaf per 64 mappings and a path of 4 blocks shadowed for each leaf.
+   */
+  metadataRoomFor(mappings: number): boolean {
+    return this.tm.sm.nrFree >= this.metadataReserve + ThinMetadata.growthHeadroom + 4 * (Math.ceil(mappings / 64) + 4);
+  }
+
   ensureMetadataSpace(freeing = false): void {
     const free = this.tm.sm.nrFree;
     const need = this.metadataReserve + (freeing ? 0 : ThinMetadata.growthHeadroom);

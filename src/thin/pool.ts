@@ -56,6 +56,9 @@ export interface PoolOptions {
 
 export type PoolMode = 'rw' | 'out_of_data_space' | 'ro';
 
+/** Leases are only given while this many times the lease is free besides them. */
+const LEASE_SPARE_FACTOR = 4;
+
 export class Pool {
   readonly features: PoolFeatures;
   readonly blockBytes: number;
@@ -141,10 +144,43 @@ export class Pool {
   /** Run `fn` holding the pool's mutex (every metadata access goes through it; thin devices' data
    *  I/O starts under it and may finish after it, see `unlockedIoRun`). */
   locked<T>(fn: () => Promise<T>): Promise<T> {
+    // what writers on other threads have reported goes first (beforeEachLock)
+    for (const hook of this.lockHooks) hook();
     return this.mutex.run(async () => {
       if (this.closed) throw strataError('INVALID_ARGUMENT', 'the pool is closed');
       return fn();
     });
+  }
+
+  private readonly lockHooks = new Set<() => void>();
+
+  /**
+   * Call `hook` (synchronously) each time before anything takes the mutex, until the returned
+   * function is called. A connection thread that writes leased blocks (ThinDevice.adopt) reports
+   * them in messages: the hook takes those in first, so whatever comes after a write's reply
+   * (a read on another connection, a flush) finds the write mapped.
+   */
+  beforeEachLock(hook: () => void): () => void {
+    this.lockHooks.add(hook);
+    return () => void this.lockHooks.delete(hook);
+  }
+
+  /**
+   * Lend up to `max` free data blocks to a writer that fills them before they are mapped
+   * (ThinDevice.adopt), none when that would bring the pool near its low-water mark or its
+   * metadata near full: a write already answered must not fail to be mapped for want of space.
+   * Blocks not adopted go back with `returnLease`; a commit meanwhile records them free.
+   */
+  leaseDataBlocks(max: number): number[] {
+    if (this.closed || this.mode !== 'rw') return [];
+    const data = this.md.dataSm;
+    const spare = data.nrFree - data.nrReserved - (this.opts.lowWaterMark ?? 0);
+    if (spare < LEASE_SPARE_FACTOR * max || !this.md.metadataRoomFor(data.nrReserved + max)) return [];
+    return data.reserve(max);
+  }
+
+  returnLease(blocks: readonly number[]): void {
+    this.md.dataSm.unreserve(blocks);
   }
 
   /**

@@ -16,6 +16,9 @@ export class SpaceMap {
   /** Blocks whose count dropped to 0 in this transaction (bitset). */
   private freedNow: Uint8Array;
   private anyFreedNow = false;
+  /** Free blocks lent out by `reserve` (bitset): alloc() passes them over until claimed or returned. */
+  private reserved: Uint8Array;
+  nrReserved = 0;
   private cursor = 0;
   nrAllocated = 0;
   /** Bitmaps (index = block / 16320) whose 2-bit encoding changed since the last store. */
@@ -26,6 +29,7 @@ export class SpaceMap {
   constructor(public nrBlocks: number, private readonly noSpaceCode: ErrorCode) {
     this.counts = new Uint8Array(nrBlocks);
     this.freedNow = new Uint8Array(Math.ceil(nrBlocks / 8));
+    this.reserved = new Uint8Array(Math.ceil(nrBlocks / 8));
   }
 
   get(b: number): number {
@@ -76,7 +80,52 @@ export class SpaceMap {
   }
 
   private isFreeForAlloc(b: number): boolean {
-    return this.counts[b] === 0 && (this.freedNow[b >> 3]! & (1 << (b & 7))) === 0;
+    const bit = 1 << (b & 7);
+    return this.counts[b] === 0 && ((this.freedNow[b >> 3]! | this.reserved[b >> 3]!) & bit) === 0;
+  }
+
+  private isReserved(b: number): boolean {
+    return (this.reserved[b >> 3]! & (1 << (b & 7))) !== 0;
+  }
+
+  /**
+   * Lend up to `max` blocks free now and at the last commit (so nothing committed points at
+   * them, and they may be written before they are mapped): alloc() passes them over until they
+   * are claimed or returned. Their counts stay 0, so a commit meanwhile records them free.
+   */
+  reserve(max: number): number[] {
+    const out: number[] = [];
+    const n = this.nrBlocks;
+    for (let pass = 0; pass < 2 && out.length < max; pass++) {
+      const start = pass === 0 ? this.cursor : 0;
+      const end = pass === 0 ? n : this.cursor;
+      for (let b = this.counts.indexOf(0, start); b !== -1 && b < end && out.length < max; b = this.counts.indexOf(0, b + 1)) {
+        if (!this.isFreeForAlloc(b)) continue;
+        this.reserved[b >> 3] = this.reserved[b >> 3]! | (1 << (b & 7));
+        out.push(b);
+      }
+    }
+    if (out.length > 0) this.cursor = out[out.length - 1]! + 1;
+    this.nrReserved += out.length;
+    return out;
+  }
+
+  /** Give back reserved blocks that were not claimed. */
+  unreserve(blocks: readonly number[]): void {
+    for (const b of blocks) {
+      if (!this.isReserved(b)) continue;
+      this.reserved[b >> 3] = this.reserved[b >> 3]! & ~(1 << (b & 7));
+      this.nrReserved--;
+    }
+  }
+
+  /** Take a reserved block into use (count 1). */
+  claim(b: number): void {
+    if (!this.isReserved(b) || this.get(b) !== 0) {
+      throw strataError('INTERNAL', `block ${b} was not lent out free`, { block: b });
+    }
+    this.unreserve([b]);
+    this.change(b, 1);
   }
 
   /** Find a block free now and at the last commit, give it count 1, and return it. */
@@ -124,6 +173,9 @@ export class SpaceMap {
     counts.set(this.counts);
     const freed = new Uint8Array(Math.ceil(nrBlocks / 8));
     freed.set(this.freedNow);
+    const reserved = new Uint8Array(Math.ceil(nrBlocks / 8));
+    reserved.set(this.reserved);
+    this.reserved = reserved;
     const firstNew = Math.floor(this.nrBlocks / ENTRIES_PER_BITMAP);
     this.counts = counts;
     this.freedNow = freed;

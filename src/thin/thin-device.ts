@@ -50,6 +50,16 @@ export function zeroOutside(buf: Buffer, runs: readonly DataRun[]): void {
   if (pos < buf.length) buf.fill(0, pos);
 }
 
+/**
+ * The gate of writes made outside the pool (into leased blocks, then `adopt`ed), in shared
+ * memory: `[FAST_OPEN]` is 1 while they may start, `[FAST_INFLIGHT]` counts those started and
+ * not yet reported. A writer adds itself to INFLIGHT, then checks OPEN; suspend and close clear
+ * OPEN, then wait for INFLIGHT to drain: with sequentially consistent atomics one of the two sees
+ * the other, so no write slips past a suspend.
+ */
+export const FAST_OPEN = 0;
+export const FAST_INFLIGHT = 1;
+
 /** A batch member that cannot be planned now (it would need a commit mid-batch). */
 class NotNow extends Error {}
 
@@ -68,8 +78,12 @@ class NotNow extends Error {}
 export class ThinDevice {
   private gate: { promise: Promise<void>; open: () => void } | null = null;
   private closed = false;
+  /** The gate of writes into leased blocks (FAST_OPEN, FAST_INFLIGHT), shared with their threads. */
+  readonly fastWriteGate = new Int32Array(new SharedArrayBuffer(8));
 
-  constructor(readonly pool: Pool, readonly id: number, readonly size: number) {}
+  constructor(readonly pool: Pool, readonly id: number, readonly size: number) {
+    Atomics.store(this.fastWriteGate, FAST_OPEN, 1);
+  }
 
   get suspended(): boolean {
     return this.gate !== null;
@@ -438,13 +452,16 @@ export class ThinDevice {
       const promise = new Promise<void>((r) => (open = r));
       this.gate = { promise, open };
     }
-    // in-flight I/O: what holds the mutex, then data I/O running outside it
+    await this.closeFastWrites();
+    // in-flight I/O: what holds the mutex (and the writes into leased blocks reported meanwhile,
+    // taken in as it is taken), then data I/O running outside it
     await this.pool.locked(() => this.pool.drainIo());
   }
 
   resume(): void {
     const g = this.gate;
     this.gate = null;
+    if (!this.closed) Atomics.store(this.fastWriteGate, FAST_OPEN, 1);
     g?.open();
   }
 
@@ -453,7 +470,48 @@ export class ThinDevice {
     if (this.closed) return;
     this.resume();
     this.closed = true;
+    await this.closeFastWrites();
     this.pool.released(this.id);
+  }
+
+  /** Stop writes into leased blocks from starting; wait for those started to be reported. */
+  private async closeFastWrites(): Promise<void> {
+    Atomics.store(this.fastWriteGate, FAST_OPEN, 0);
+    while (Atomics.load(this.fastWriteGate, FAST_INFLIGHT) > 0) await new Promise((r) => setTimeout(r, 1));
+  }
+
+  /**
+   * Map `blocks` (data blocks leased by Pool.leaseDataBlocks, which already hold the data) as
+   * virtual blocks `first`, `first + 1`, …: the end of a write made outside the pool, by a thread
+   * that wrote whole blocks into leased ones and answered at once. A block mapped before is
+   * replaced (its old block released, as a write that breaks sharing would); blocks not adopted
+   * (the device closed, a failure) go back to the pool.
+   */
+  async adopt(first: number, blocks: readonly number[]): Promise<void> {
+    const pool = this.pool;
+    const md = pool.md;
+    await pool.locked(async () => {
+      let done = 0;
+      try {
+        if (this.closed) throw strataError('DEVICE_NOT_FOUND', `thin device ${this.id} is closed`, { id: String(this.id) });
+        if ((first + blocks.length) * pool.blockBytes > this.size) {
+          throw strataError('OUT_OF_RANGE', `blocks ${first}+${blocks.length} are outside the ${this.size}-byte device`, { id: String(this.id) });
+        }
+        pool.assertWritable();
+        pool.markDataDirty();
+        for (; done < blocks.length; done++) {
+          const block = blocks[done]!;
+          md.ensureMetadataSpace();
+          await pool.mutate(async () => {
+            md.dataSm.claim(block);
+            await md.insertMapping(this.id, first + done, block);
+          });
+        }
+      } finally {
+        pool.returnLease(blocks.slice(done));
+      }
+      await pool.maybeAutoCommit();
+    });
   }
 }
 
