@@ -36,6 +36,23 @@ export interface ZeroOptions extends WriteOptions {
   fastZero: boolean;
 }
 
+/**
+ * Writes of whole, aligned blocks a connection's thread makes into data blocks leased to it, and
+ * answers at once; the blocks are mapped afterwards, in order with everything else (a thin
+ * device: Pool.leaseDataBlocks, ThinDevice.adopt, Pool.beforeEachLock).
+ */
+export interface LeasedWrites {
+  readonly blockBytes: number;
+  /** [FAST_OPEN, FAST_INFLIGHT] in shared memory (thin-device.ts): writes start only while open. */
+  readonly gate: Int32Array;
+  lease(max: number): number[];
+  returnLease(blocks: readonly number[]): void;
+  /** Map virtual blocks first, first + 1, … to `blocks`, which hold their data. */
+  adopt(first: number, blocks: readonly number[]): Promise<void>;
+  /** Call `hook` before anything else takes the pool's mutex, until the returned function is called. */
+  beforeEachLock(hook: () => void): () => void;
+}
+
 export interface NbdExport {
   readonly name: string;
   readonly description?: string;
@@ -56,6 +73,8 @@ export interface NbdExport {
   readonly blockingFile?: {
     readonly fd: number;
     plan?(requests: readonly BatchRequest[]): Promise<PlannedBatch>;
+    /** With `plan`: whole-block writes a thread may make into leased blocks and answer at once. */
+    readonly leasedWrites?: LeasedWrites;
   };
 
   /** Fill `buf` from `offset` (the range is inside the export). */

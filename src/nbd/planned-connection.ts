@@ -3,13 +3,14 @@
  * thread (transmission-threads.ts): the worker side, run by transmission-thread.ts.
  */
 import { readSync } from 'node:fs';
+import { receiveMessageOnPort } from 'node:worker_threads';
 import { CMD, CMD_FLAG } from './protocol.js';
 import { checkRequest } from './request-check.js';
 import { decodeRequest, encodeSimpleReply, REQUEST_HEADER_LENGTH, type Request } from './request-codec.js';
 import { BlockingSocket, postHanded, preadFully, pwriteFully, readReplyHead, takeHandedReply, takeReply } from './thread-io.js';
 import { libcBinding } from '../util/libc.js';
-import { zeroOutside, type DataRun, type RequestPlan } from '../thin/thin-device.js';
-import type { PlanCall, PlannedJob, Settled } from './transmission-threads.js';
+import { FAST_INFLIGHT, FAST_OPEN, zeroOutside, type DataRun, type RequestPlan } from '../thin/thin-device.js';
+import type { LeaseJob, LeaseReport, PlanCall, PlannedJob, Settled } from './transmission-threads.js';
 
 /** A request parsed in the receive buffer: its header there, and a WRITE's payload after it. */
 interface Received {
@@ -18,6 +19,8 @@ interface Received {
 }
 
 const FIONREAD = 0x541b;
+/** WRITEs into leased blocks answered together at most, while more requests keep coming. */
+const DIRECT_ANSWERS_TOGETHER = 16;
 const POLLIN = 1;
 
 /** Bytes the socket has received and not yet given us (0 where this cannot be asked). */
@@ -135,10 +138,14 @@ export class PlannedConnection {
   private readonly pollFds = Buffer.alloc(16);
   private readonly drain = Buffer.alloc(8);
 
+  /** Leased blocks WRITEs of whole blocks go straight into (LeaseJob), if the export has them. */
+  private readonly leased: DirectWrites | null;
+
   constructor(private readonly job: PlannedJob) {
     this.socket = new BlockingSocket(job.socketFd, Buffer.alloc(0));
     this.input = new ReceiveBuffer(job.receiveBuffer, job.leftover, job.socketFd);
     this.largest = this.input.reserve - REQUEST_HEADER_LENGTH;
+    this.leased = job.leased ? new DirectWrites(job.leased, job.fileFd) : null;
   }
 
   /** Until the client disconnects or goes away. */
@@ -146,8 +153,19 @@ export class PlannedConnection {
     try {
       this.serve();
     } finally {
+      // (blocks written for a client that has gone are still reported, and the gate let go)
+      this.leased?.flush(null);
       this.settle();
     }
+  }
+
+  /**
+   * Answer the WRITEs written into leased blocks, after reporting them: before anything that
+   * may block (the gate must not stay held, so a suspend can finish) and before requests that go
+   * alone (a FLUSH covers what was answered). false once the client has gone.
+   */
+  private answerDirect(): boolean {
+    return this.leased?.flush(this.socket) ?? true;
   }
 
   private serve(): void {
@@ -158,15 +176,19 @@ export class PlannedConnection {
       if (this.posted) {
         const plans = takeReply<RequestPlan[]>(this.job);
         if (!plans) {
+          if (!this.answerDirect()) return;
           this.wait(input.room > 0);
           continue;
         }
-        if (!this.carryOut(this.posted, plans)) return;
+        if (!this.answerDirect() || !this.carryOut(this.posted, plans)) return;
       }
       if (this.queued.length > 0 && this.alone.length === 0) {
         this.post();
         continue;
       }
+      // answered together while more keeps coming, up to a point: fewer reports, one writev
+      const more = this.alone.length === 0 && this.stop === undefined && (bytesWaiting()?.(this.job.socketFd) ?? 0) > 0;
+      if (!(more && this.leased!.pending < DIRECT_ANSWERS_TOGETHER) && !this.answerDirect()) return;
       // (what goes alone may wait for the last batch's I/O: a FLUSH commits)
       this.settle();
       for (const r of this.alone.splice(0)) {
@@ -187,7 +209,10 @@ export class PlannedConnection {
     }
   }
 
-  /** Parse what has been received into requests to plan and requests to hand over alone. */
+  /**
+   * Parse what has been received into requests to plan and requests to hand over alone; WRITEs
+   * of whole blocks go into leased blocks at once (answered by `answerDirect`).
+   */
   private parse(): void {
     const { input } = this;
     while (this.stop === undefined && input.end - input.start >= REQUEST_HEADER_LENGTH) {
@@ -208,7 +233,9 @@ export class PlannedConnection {
       } else if (input.end - headerAt >= REQUEST_HEADER_LENGTH + payload) {
         input.start += REQUEST_HEADER_LENGTH + payload;
         const plannable = req.length > 0 && (req.type === CMD.READ || (req.type === CMD.WRITE && (req.flags & CMD_FLAG.FUA) === 0));
-        (plannable && checkRequest(req, this.job.ctx) === 0 ? this.queued : this.alone).push({ req, headerAt });
+        const r = { req, headerAt };
+        if (!plannable || checkRequest(req, this.job.ctx) !== 0) this.alone.push(r);
+        else if (req.type !== CMD.WRITE || !this.leased?.write(req, this.payloadOf(r)!)) this.queued.push(r);
       } else {
         return;
       }
@@ -324,5 +351,86 @@ function doPlanned(job: PlannedJob, req: Request, runs: readonly DataRun[], data
     return [readReplyHead(job.ctx, req), data];
   } catch {
     return null;
+  }
+}
+
+/**
+ * A connection's leased blocks (LeaseJob): a WRITE of whole, aligned blocks is written into them
+ * and answered without waiting for the main thread, which maps them on this thread's report
+ * (ThinDevice.adopt). The first such write enters the device's gate (FAST_INFLIGHT, then
+ * FAST_OPEN); `flush` reports the runs written, leaves the gate, then answers: the report is
+ * posted before any answer, so whatever the client does after an answer finds the write mapped.
+ */
+class DirectWrites {
+  private readonly blocks: number[];
+  private readonly bs: number;
+  /** In the gate since the last flush, and whether it was open then. */
+  private entered = false;
+  private open = false;
+  private written: number[] = [];
+  private unused: number[] = [];
+  private replies: Buffer[] = [];
+  /** A WRITE since the last flush went the planned way: the rest do too, so none overtakes it. */
+  private declined = false;
+
+  constructor(private readonly job: LeaseJob, private readonly fileFd: number) {
+    this.blocks = [...job.lease];
+    this.bs = job.blockBytes;
+  }
+
+  /** Writes answered by the next flush. */
+  get pending(): number {
+    return this.replies.length;
+  }
+
+  /** Write `data` into leased blocks if it covers whole blocks and enough are leased. */
+  write(req: Request, data: Buffer): boolean {
+    const { bs } = this;
+    if (!this.entered) {
+      for (let m = receiveMessageOnPort(this.job.reports); m; m = receiveMessageOnPort(this.job.reports)) {
+        this.blocks.push(...(m.message as { lease: number[] }).lease);
+      }
+      Atomics.add(this.job.gate, FAST_INFLIGHT, 1);
+      this.entered = true;
+      this.open = Atomics.load(this.job.gate, FAST_OPEN) === 1;
+    }
+    const n = req.length / bs;
+    if (!this.open || this.declined || req.offset % bs !== 0 || !Number.isInteger(n) || n > this.blocks.length) {
+      this.declined = true;
+      return false;
+    }
+    const blocks = this.blocks.splice(0, n);
+    try {
+      // consecutive data blocks in one pwrite
+      for (let i = 0; i < n;) {
+        let j = i + 1;
+        while (j < n && blocks[j] === blocks[j - 1]! + 1) j++;
+        pwriteFully(this.fileFd, data, i * bs, (j - i) * bs, blocks[i]! * bs);
+        i = j;
+      }
+    } catch {
+      this.unused.push(...blocks); // the planned way answers with the error it meets
+      this.declined = true;
+      return false;
+    }
+    this.written.push(req.offset / bs, n, ...blocks);
+    this.replies.push(encodeSimpleReply(req.cookie, 0));
+    return true;
+  }
+
+  /** Report, leave the gate, answer (unless the client has gone: null). false once it has. */
+  flush(socket: BlockingSocket | null): boolean {
+    if (!this.entered) return true;
+    if (this.written.length > 0 || this.unused.length > 0) {
+      this.job.reports.postMessage({ written: this.written, unused: this.unused } satisfies LeaseReport);
+      this.written = [];
+      this.unused = [];
+    }
+    Atomics.sub(this.job.gate, FAST_INFLIGHT, 1);
+    this.entered = false;
+    this.declined = false;
+    const replies = this.replies;
+    this.replies = [];
+    return replies.length === 0 || socket === null || socket.writeAll(replies);
   }
 }

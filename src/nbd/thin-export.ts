@@ -5,8 +5,8 @@
  * to a dm-thin device does.
  */
 import { strataError } from '../errors.js';
-import type { ThinDevice } from '../thin/thin-device.js';
-import type { NbdExport, NbdExtent, WriteOptions, ZeroOptions } from './nbd-export.js';
+import type { BatchRequest, ThinDevice } from '../thin/thin-device.js';
+import type { LeasedWrites, NbdExport, NbdExtent, WriteOptions, ZeroOptions } from './nbd-export.js';
 
 const ZERO_STEP = 1024 * 1024;
 
@@ -32,8 +32,23 @@ export class ThinExport implements NbdExport {
     this.readOnly = options.readOnly === true;
     this.size = device.size;
     this.prefBlock = device.pool.blockBytes;
-    const fd = device.pool.dataDevice.fd;
-    if (fd !== undefined) this.blockingFile = { fd, plan: (requests) => device.planBatch(requests) };
+    const pool = device.pool;
+    const fd = pool.dataDevice.fd;
+    if (fd === undefined) return;
+    const plan = (requests: readonly BatchRequest[]) => device.planBatch(requests);
+    if (this.readOnly) {
+      this.blockingFile = { fd, plan };
+      return;
+    }
+    const leasedWrites: LeasedWrites = {
+      blockBytes: pool.blockBytes,
+      gate: device.fastWriteGate,
+      lease: (max) => pool.leaseDataBlocks(max),
+      returnLease: (blocks) => pool.returnLease(blocks),
+      adopt: (first, blocks) => device.adopt(first, blocks),
+      beforeEachLock: (hook) => pool.beforeEachLock(hook),
+    };
+    this.blockingFile = { fd, plan, leasedWrites };
   }
 
   read(buf: Buffer, offset: number): Promise<void> {

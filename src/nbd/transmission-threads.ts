@@ -28,7 +28,7 @@
  * or past `maxThreads` connections, connections are served on the event loop as before.
  */
 import { writeSync } from 'node:fs';
-import { MessageChannel, type MessagePort, type Worker } from 'node:worker_threads';
+import { MessageChannel, receiveMessageOnPort, type MessagePort, type Worker } from 'node:worker_threads';
 import type { Socket } from 'node:net';
 import { libcBinding } from '../util/libc.js';
 import { startWorker } from '../util/worker-thread.js';
@@ -39,6 +39,7 @@ import type { Negotiated } from './handshake.js';
 import type { SocketReader } from './socket-reader.js';
 import { answer, checkContextOf, type Output, type TransmissionHooks } from './transmission.js';
 import type { BatchRequest, PlannedBatch, RequestPlan } from '../thin/thin-device.js';
+import type { LeasedWrites } from './nbd-export.js';
 
 /** A connection for a thread (posted to it). */
 interface ThreadJobBase {
@@ -77,6 +78,29 @@ export interface PlannedJob extends ThreadJobBase {
   kind: 'planned';
   receiveBuffer: SharedArrayBuffer;
   wakeFd: number;
+  /** Where the export takes writes into leased blocks (NbdExport.blockingFile.leasedWrites). */
+  leased?: LeaseJob;
+}
+
+/**
+ * A planned connection's leased blocks: WRITEs of whole blocks go into them and are answered at
+ * once; the thread reports each run written (`LeaseReport`) on `reports` before answering, and
+ * gets more blocks there (`{ lease }`).
+ */
+export interface LeaseJob {
+  reports: MessagePort;
+  gate: Int32Array;
+  blockBytes: number;
+  lease: number[];
+}
+
+/**
+ * Runs written (flat: first virtual block, count, then that many data blocks; repeated), and
+ * leased blocks given back unwritten.
+ */
+export interface LeaseReport {
+  written: number[];
+  unused: number[];
 }
 
 export type ThreadJob = PlainFileJob | PlannedJob;
@@ -149,6 +173,73 @@ const socketCalls = libcBinding<SocketCalls>((lib) => ({
   eventfd: lib.func('int eventfd(unsigned int initval, int flags)') as SocketCalls['eventfd'],
 }));
 
+/** Blocks leased to a connection at a time: what it may write before its reports are taken in. */
+const LEASE_BYTES = 8 * 1024 * 1024;
+
+/**
+ * The main thread's side of a connection's leased blocks: it gives the thread blocks, takes in
+ * the thread's reports of runs written (ThinDevice.adopt, in report order), and tops the lease up.
+ * Reports are also taken in before anything else takes the pool's mutex (Pool.beforeEachLock): a
+ * report is posted before the write is answered, so whatever follows the answer (a read on
+ * another connection, a flush) finds the write mapped.
+ */
+class Leases {
+  readonly job: LeaseJob;
+  private readonly port: MessagePort;
+  private readonly outstanding = new Set<number>();
+  private readonly target: number;
+  private readonly unhook: () => void;
+  private ended = false;
+
+  constructor(private readonly writes: LeasedWrites) {
+    const channel = new MessageChannel();
+    this.port = channel.port1;
+    this.target = Math.max(4, Math.floor(LEASE_BYTES / writes.blockBytes));
+    this.job = { reports: channel.port2, gate: writes.gate, blockBytes: writes.blockBytes, lease: this.grant() };
+    this.port.on('message', (report: LeaseReport) => this.takeIn(report));
+    this.unhook = writes.beforeEachLock(() => this.drain());
+  }
+
+  private grant(): number[] {
+    const more = this.writes.lease(this.target - this.outstanding.size);
+    for (const b of more) this.outstanding.add(b);
+    return more;
+  }
+
+  private takeIn(report: LeaseReport): void {
+    const w = report.written;
+    for (let i = 0; i < w.length;) {
+      const first = w[i]!;
+      const blocks = w.slice(i + 2, i + 2 + w[i + 1]!);
+      i += 2 + blocks.length;
+      for (const b of blocks) this.outstanding.delete(b);
+      // (a failure there turns the pool read-only, and every later request says so)
+      void this.writes.adopt(first, blocks).catch(() => undefined);
+    }
+    for (const b of report.unused) this.outstanding.delete(b);
+    this.writes.returnLease(report.unused);
+    // topped up once half is used: a message for many blocks, not one per report
+    if (this.ended || this.outstanding.size > this.target / 2) return;
+    const more = this.grant();
+    if (more.length > 0) this.port.postMessage({ lease: more });
+  }
+
+  /** Take in the reports posted so far, now. */
+  private drain(): void {
+    for (let m = receiveMessageOnPort(this.port); m; m = receiveMessageOnPort(this.port)) this.takeIn(m.message as LeaseReport);
+  }
+
+  /** The thread has let go: take in its last reports and give back what it did not write. */
+  end(): void {
+    this.ended = true;
+    this.drain();
+    this.unhook();
+    this.port.close();
+    this.writes.returnLease([...this.outstanding]);
+    this.outstanding.clear();
+  }
+}
+
 export interface TransmissionThreadsOptions {
   /** Connections served on threads at once; past it, on the event loop. */
   maxThreads?: number;
@@ -220,8 +311,9 @@ export class TransmissionThreads {
     const channel = new MessageChannel();
     const receiveBuffer = plan ? new SharedArrayBuffer(Math.max(RECEIVE_BUFFER_BYTES, 4 * leftover.length)) : undefined;
     const base = { id: this.nextId++, socketFd: connFd, leftover, fileFd: file.fd, ctx: checkContextOf(neg), rpc: channel.port2 };
+    const leases = receiveBuffer && file.leasedWrites ? new Leases(file.leasedWrites) : null;
     const job: ThreadJob = receiveBuffer
-      ? { ...base, kind: 'planned', receiveBuffer, wakeFd }
+      ? { ...base, kind: 'planned', receiveBuffer, wakeFd, ...(leases ? { leased: leases.job } : {}) }
       : { ...base, kind: 'file', signal: new SharedArrayBuffer(4) };
     const { id, ctx } = job;
     const wake = job.kind === 'file' ? new Int32Array(job.signal) : null;
@@ -273,6 +365,7 @@ export class TransmissionThreads {
     const finish = (): void => {
       if (!open) return;
       open = false;
+      leases?.end();
       planned?.settle();
       this.serving.delete(id);
       channel.port1.close();
@@ -282,7 +375,7 @@ export class TransmissionThreads {
     };
     this.serving.set(id, { worker, finish });
     worker.ref();
-    worker.postMessage(job, [channel.port2]);
+    worker.postMessage(job, leases ? [channel.port2, leases.job.reports] : [channel.port2]);
     return {
       done,
       hangUp: () => { if (open) c.shutdown(connFd, SHUT_RD); },

@@ -80,6 +80,8 @@ export class ThinDevice {
   private closed = false;
   /** The gate of writes into leased blocks (FAST_OPEN, FAST_INFLIGHT), shared with their threads. */
   readonly fastWriteGate = new Int32Array(new SharedArrayBuffer(8));
+  /** Blocks mapped by `adopt` so far (written into leased blocks, outside the pool). */
+  adoptedBlocks = 0;
 
   constructor(readonly pool: Pool, readonly id: number, readonly size: number) {
     Atomics.store(this.fastWriteGate, FAST_OPEN, 1);
@@ -506,6 +508,7 @@ export class ThinDevice {
             md.dataSm.claim(block);
             await md.insertMapping(this.id, first + done, block);
           });
+          this.adoptedBlocks++;
         }
       } finally {
         pool.returnLease(blocks.slice(done));

@@ -262,3 +262,94 @@ test('thin export on threads: a client that sends writes and hangs up at once is
     await close();
   }
 });
+
+test('thin export on threads: whole-block writes go into leased blocks, answered at once; a read on another connection right after sees them; FLUSH commits them', async () => {
+  const { dev, server, sock, close } = await servePool(true);
+  const { ThinMetadata } = await import('../../src/thin/metadata.js');
+  const { FileBlockDevice } = await import('../../src/thin/block-device.js');
+  let metadataPath = '';
+  try {
+    const [a, b] = await Promise.all([attachWithMeta(sock, 't'), attachWithMeta(sock, 't')]);
+    await until(() => server.threadedCount === 2);
+    let cookie = 0n;
+    for (let i = 0; i < 64; i++) {
+      const data = randomBytes(2 * BLOCK);
+      const offset = (i * 5 % 64) * 2 * BLOCK;
+      a.sendRequest(CMD.WRITE, 0, ++cookie, offset, data.length, data);
+      assert.equal((await a.readSimpleReply()).error, 0);
+      assert.ok((await readChunkData(b, ++cookie, offset, data.length)).equals(data), `write ${i}, read on the other connection`);
+    }
+    assert.equal(dev.adoptedBlocks, 128, 'every block went the leased way');
+    a.sendRequest(CMD.FLUSH, 0, ++cookie, 0, 0);
+    assert.equal((await a.readSimpleReply()).error, 0);
+    // what the flush committed, read beside the live pool
+    metadataPath = join(sock, '..', 'meta');
+    const metaDev = await FileBlockDevice.open(metadataPath, { readOnly: true });
+    try {
+      const committed = await ThinMetadata.open(metaDev, { readOnly: true });
+      assert.equal(committed.deviceDetails(0).mappedBlocks, 128);
+    } finally {
+      await metaDev.close();
+    }
+    a.close();
+    b.close();
+  } finally {
+    await close((meta) => {
+      if (thinTools) assert.equal(tool('thin_check', [meta]).status, 0);
+    });
+  }
+});
+
+test('thin export on threads: a suspend waits for writes into leased blocks under way and holds new ones; a snapshot then holds every write answered before it', async () => {
+  const { pool, dev, server, sock, close } = await servePool(true);
+  try {
+    const c = await attachWithMeta(sock, 't');
+    await until(() => server.threadedCount === 1);
+    const blocks = SIZE / BLOCK;
+    const data = Array.from({ length: blocks }, () => randomBytes(BLOCK));
+    let answeredBeforeSnapshot = -1;
+    let snapshot: Promise<void> | null = null;
+    let cookie = 0n;
+    for (let round = 0; round * 8 < blocks; round++) {
+      for (let k = round * 8; k < round * 8 + 8; k++) c.sendRequest(CMD.WRITE, 0, ++cookie, k * BLOCK, BLOCK, data[k]!);
+      if (round === 12) {
+        // while this round's writes are on their way
+        answeredBeforeSnapshot = round * 8;
+        snapshot = (async () => {
+          await dev.suspend();
+          await pool.message('create_snap 1 0');
+          dev.resume();
+        })();
+      }
+      for (const r of await inCookieOrder(c, 8)) assert.equal(r.error, 0);
+    }
+    await snapshot;
+    assert.ok(dev.adoptedBlocks > 0);
+    const snap = await pool.openThin(1, SIZE);
+    const zero = Buffer.alloc(BLOCK);
+    for (let k = 0; k < blocks; k++) {
+      const got = Buffer.alloc(BLOCK);
+      await snap.read(got, k * BLOCK);
+      if (k < answeredBeforeSnapshot) assert.ok(got.equals(data[k]!), `block ${k} was answered before the snapshot`);
+      else assert.ok(got.equals(data[k]!) || got.equals(zero), `block ${k}: written or not, nothing else`);
+    }
+    const origin = Buffer.alloc(SIZE);
+    await dev.read(origin, 0);
+    assert.ok(origin.equals(Buffer.concat(data)));
+    // and while suspended, a whole-block write waits too (no leased block takes it meanwhile)
+    await dev.suspend();
+    c.sendRequest(CMD.WRITE, 0, ++cookie, 0, BLOCK, randomBytes(BLOCK));
+    let answered = false;
+    const reply = c.readSimpleReply().then((r) => { answered = true; return r; });
+    await new Promise((r) => setTimeout(r, 200));
+    assert.equal(answered, false, 'answered while suspended');
+    dev.resume();
+    assert.equal((await reply).error, 0);
+    await snap.close();
+    c.close();
+  } finally {
+    await close((meta) => {
+      if (thinTools) assert.equal(tool('thin_check', [meta]).status, 0);
+    });
+  }
+});
