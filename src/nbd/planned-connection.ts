@@ -168,6 +168,17 @@ export class PlannedConnection {
     return this.leased?.flush(this.socket) ?? true;
   }
 
+  /**
+   * Whether the WRITEs written into leased blocks may wait to be answered with the next ones: while
+   * more requests have come, up to a point (fewer reports, one writev for their answers), and
+   * never past a request that goes alone or one read on its own.
+   */
+  private holdAnswers(): boolean {
+    const pending = this.leased?.pending ?? 0;
+    return pending > 0 && pending < DIRECT_ANSWERS_TOGETHER && this.alone.length === 0 && this.stop === undefined &&
+      (bytesWaiting()?.(this.job.socketFd) ?? 0) > 0;
+  }
+
   private serve(): void {
     const { input, socket } = this;
     for (;;) {
@@ -186,9 +197,7 @@ export class PlannedConnection {
         this.post();
         continue;
       }
-      // answered together while more keeps coming, up to a point: fewer reports, one writev
-      const more = this.alone.length === 0 && this.stop === undefined && (bytesWaiting()?.(this.job.socketFd) ?? 0) > 0;
-      if (!(more && this.leased!.pending < DIRECT_ANSWERS_TOGETHER) && !this.answerDirect()) return;
+      if (!this.holdAnswers() && !this.answerDirect()) return;
       // (what goes alone may wait for the last batch's I/O: a FLUSH commits)
       this.settle();
       for (const r of this.alone.splice(0)) {

@@ -22,6 +22,8 @@
  * payloads staying where they were received, in memory both threads share. While a plan is being
  * made the thread goes on receiving, so the next batch holds what arrived meanwhile; the event
  * loop signals its replies through an eventfd, so the thread can wait for either at once.
+ * WRITEs of whole blocks need no plan: the thread writes them into free blocks the pool has
+ * leased it, answers, and reports what it wrote for the event loop to map (`Leases`).
  *
  * Threads are kept for later connections (up to `maxIdle`), and a few are started with the
  * server so the first clients do not wait for one to boot. Without koffi (no dup/fcntl/shutdown)
@@ -173,7 +175,10 @@ const socketCalls = libcBinding<SocketCalls>((lib) => ({
   eventfd: lib.func('int eventfd(unsigned int initval, int flags)') as SocketCalls['eventfd'],
 }));
 
-/** Blocks leased to a connection at a time: what it may write before its reports are taken in. */
+/**
+ * Bytes of blocks leased to a connection at a time: what it may write before its reports are
+ * taken in. Pools of blocks larger than a quarter of this lease none (few writes cover them).
+ */
 const LEASE_BYTES = 8 * 1024 * 1024;
 
 /**
@@ -191,10 +196,14 @@ class Leases {
   private readonly unhook: () => void;
   private ended = false;
 
+  static worthwhile(writes: LeasedWrites): boolean {
+    return writes.blockBytes * 4 <= LEASE_BYTES;
+  }
+
   constructor(private readonly writes: LeasedWrites) {
     const channel = new MessageChannel();
     this.port = channel.port1;
-    this.target = Math.max(4, Math.floor(LEASE_BYTES / writes.blockBytes));
+    this.target = Math.floor(LEASE_BYTES / writes.blockBytes);
     this.job = { reports: channel.port2, gate: writes.gate, blockBytes: writes.blockBytes, lease: this.grant() };
     this.port.on('message', (report: LeaseReport) => this.takeIn(report));
     this.unhook = writes.beforeEachLock(() => this.drain());
@@ -311,7 +320,7 @@ export class TransmissionThreads {
     const channel = new MessageChannel();
     const receiveBuffer = plan ? new SharedArrayBuffer(Math.max(RECEIVE_BUFFER_BYTES, 4 * leftover.length)) : undefined;
     const base = { id: this.nextId++, socketFd: connFd, leftover, fileFd: file.fd, ctx: checkContextOf(neg), rpc: channel.port2 };
-    const leases = receiveBuffer && file.leasedWrites ? new Leases(file.leasedWrites) : null;
+    const leases = receiveBuffer && file.leasedWrites && Leases.worthwhile(file.leasedWrites) ? new Leases(file.leasedWrites) : null;
     const job: ThreadJob = receiveBuffer
       ? { ...base, kind: 'planned', receiveBuffer, wakeFd, ...(leases ? { leased: leases.job } : {}) }
       : { ...base, kind: 'file', signal: new SharedArrayBuffer(4) };
