@@ -92,7 +92,7 @@ export async function run(): Promise<void> {
         const copied = join(work, 'cp-baseline');
         await mkdir(copied);
         const cp = timed('cp', ['-a', '--reflink=auto', `${extractDir}/.`, `${copied}/`]);
-        console.log(`vfs: cp -a of the image's tree ${cp.ms.toFixed(0)} ms; create is two such copies: ${(median(creates) / cp.ms).toFixed(2)}x one`);
+        console.log(`vfs: cp -a of the image's tree ${cp.ms.toFixed(0)} ms (a vfs create makes two such copies: the init layer and the container's)`);
         await rm(copied, { recursive: true, force: true });
       }
       const mnt = cli('mount', 'c0').stdout;
