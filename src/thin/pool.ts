@@ -327,8 +327,15 @@ export class Pool {
     }
     const discarded = this.discardedRuns;
     this.discardedRuns = [];
-    await this.mutate(() => this.md.commit());
-    if (discarded.length > 0) await this.passDown(discarded);
+    // blocks passed down are lent to nobody meanwhile: a leased block is written outside the mutex
+    const sm = this.md.dataSm;
+    for (const [first, end] of discarded) sm.hold(first, end);
+    try {
+      await this.mutate(() => this.md.commit());
+      if (discarded.length > 0) await this.passDown(discarded);
+    } finally {
+      for (const [first, end] of discarded) this.md.dataSm.unhold(first, end);
+    }
     if (this.outOfSpace && this.md.dataSm.nrFree > 0) this.spaceAvailable();
   }
 

@@ -101,22 +101,35 @@ export class SpaceMap {
       const end = pass === 0 ? n : this.cursor;
       for (let b = this.counts.indexOf(0, start); b !== -1 && b < end && out.length < max; b = this.counts.indexOf(0, b + 1)) {
         if (!this.isFreeForAlloc(b)) continue;
-        this.reserved[b >> 3] = this.reserved[b >> 3]! | (1 << (b & 7));
+        this.setReserved(b, true);
         out.push(b);
       }
     }
     if (out.length > 0) this.cursor = out[out.length - 1]! + 1;
-    this.nrReserved += out.length;
     return out;
+  }
+
+  /**
+   * Keep blocks [first, end) from alloc() and reserve() until `unhold` (the pool's discard
+   * passdown, while it discards them).
+   */
+  hold(first: number, end: number): void {
+    for (let b = first; b < end; b++) this.setReserved(b, true);
+  }
+
+  unhold(first: number, end: number): void {
+    for (let b = first; b < end; b++) this.setReserved(b, false);
   }
 
   /** Give back reserved blocks that were not claimed. */
   unreserve(blocks: readonly number[]): void {
-    for (const b of blocks) {
-      if (!this.isReserved(b)) continue;
-      this.reserved[b >> 3] = this.reserved[b >> 3]! & ~(1 << (b & 7));
-      this.nrReserved--;
-    }
+    for (const b of blocks) this.setReserved(b, false);
+  }
+
+  private setReserved(b: number, on: boolean): void {
+    if (this.isReserved(b) === on) return;
+    this.reserved[b >> 3] = this.reserved[b >> 3]! ^ (1 << (b & 7));
+    this.nrReserved += on ? 1 : -1;
   }
 
   /** Take a reserved block into use (count 1). */

@@ -124,3 +124,28 @@ test('suspend closes the gate of writes made outside the pool, and waits for tho
   assert.equal(Atomics.load(gate, FAST_OPEN), 1);
   await pool.close();
 });
+
+test('blocks being passed down to the data device after a commit are lent to nobody meanwhile', async () => {
+  const { pool, data } = await memPool({ dataBytes: 64 * BLOCK });
+  await pool.message('create_thin 0');
+  const dev = await pool.openThin(0, 1 << 20);
+  await dev.write(pattern(8 * BLOCK, 1), 0);
+  await dev.flush();
+  const freed = new Set<number>();
+  for (let vb = 0; vb < 8; vb++) freed.add((await pool.md.lookupMapping(0, vb))!.block);
+  await dev.discard(0, 8 * BLOCK);
+  // lease while the passdown is discarding: every block of the pool that is free then
+  const leasedDuring: number[] = [];
+  const discard = data.discard.bind(data);
+  data.discard = async (offset, length) => {
+    for (let got = pool.leaseDataBlocks(1); got.length > 0; got = pool.leaseDataBlocks(1)) leasedDuring.push(...got);
+    await discard(offset, length);
+  };
+  await pool.commit();
+  assert.ok(leasedDuring.length > 0, 'the passdown ran and a lease was given meanwhile');
+  assert.deepEqual(leasedDuring.filter((b) => freed.has(b)), []);
+  pool.returnLease(leasedDuring);
+  // once passed down, they may be lent again
+  assert.ok(pool.leaseDataBlocks(8).some((b) => freed.has(b)));
+  await pool.close();
+});
