@@ -353,3 +353,27 @@ test('thin export on threads: a suspend waits for writes into leased blocks unde
     });
   }
 });
+
+test('thin export on threads: a client that stalls halfway through a request still gets the answers before it, and a suspend does not wait for it', async () => {
+  const { dev, server, sock, close } = await servePool(true);
+  const { encodeRequest } = await import('../../src/nbd/request-codec.js');
+  try {
+    const c = await attachWithMeta(sock, 't');
+    await until(() => server.threadedCount === 1);
+    const data = randomBytes(2 * BLOCK);
+    const next = encodeRequest(CMD.WRITE, 0, 2n, 4 * BLOCK, BLOCK);
+    // a whole-block write, then the first 10 bytes of the next request's header, then nothing
+    c.socket.write(Buffer.concat([encodeRequest(CMD.WRITE, 0, 1n, 0, data.length), data, next.subarray(0, 10)]));
+    const first = await Promise.race([c.readSimpleReply(), new Promise<null>((r) => setTimeout(() => r(null), 3000))]);
+    assert.equal(first?.error, 0, 'the write before the stall is answered');
+    await until(() => dev.adoptedBlocks === 2); // (it went the leased way)
+    const suspended = await Promise.race([dev.suspend().then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 3000))]);
+    assert.equal(suspended, true, 'a suspend completes while the client stalls');
+    dev.resume();
+    c.socket.write(Buffer.concat([next.subarray(10), randomBytes(BLOCK)]));
+    assert.equal((await c.readSimpleReply()).error, 0);
+    c.close();
+  } finally {
+    await close();
+  }
+});
