@@ -169,9 +169,10 @@ export class PlannedConnection {
   }
 
   /**
-   * Whether the WRITEs written into leased blocks may wait to be answered with the next ones: while
-   * more requests have come, up to a point (fewer reports, one writev for their answers), and
-   * never past a request that goes alone or one read on its own.
+   * Whether the WRITEs written into leased blocks may wait to be answered with the next ones (fewer
+   * reports, one writev for their answers): up to a point, never past a request that goes alone
+   * or one read on its own, and only while the socket has bytes waiting, so that the receive that
+   * follows cannot block with the gate held (a client stalled mid-request would hold up a suspend).
    */
   private holdAnswers(): boolean {
     const pending = this.leased?.pending ?? 0;
