@@ -158,7 +158,7 @@ export class TarSplitRecorder extends Transform {
 
   /**
    * Record a chunk without passing it on: for a source that shows each chunk to the recorder
-   * itself (FileChunks.tap). Throws what the tar's parsing throws. Resolves once gzip has room
+   * itself (a tap on TappableChunks: recordTarSplit). Throws what the tar's parsing throws. Resolves once gzip has room
    * again; end the recorder with `end()` when the input has ended.
    */
   record(chunk: Buffer): Promise<void> | undefined {

@@ -31,7 +31,6 @@ function packageVersion(): string {
   return pkg.version;
 }
 
-/** Run the CLI; returns the exit status. Errors print one line on stderr (a stack with --debug). */
 /** The status of a process killed by SIGPIPE (128 + 13), which is how Docker's CLI ends. */
 const EXIT_BROKEN_PIPE = 141;
 let pipeWatched = false;
@@ -52,6 +51,7 @@ function watchForBrokenPipe(): void {
   });
 }
 
+/** Run the CLI; returns the exit status. Errors print one line on stderr (a stack with --debug). */
 export async function main(argv: string[]): Promise<number> {
   watchForBrokenPipe();
   const program = await buildProgram(argv);

@@ -470,8 +470,8 @@ export class ThinDevice {
   /** Release the device (a later `delete` of it is allowed again). */
   async close(): Promise<void> {
     if (this.closed) return;
+    this.closed = true; // (first: resume() then leaves the gate of leased-block writes shut)
     this.resume();
-    this.closed = true;
     await this.closeFastWrites();
     this.pool.released(this.id);
   }
