@@ -5,11 +5,12 @@
  */
 import { Readable } from 'node:stream';
 import { createGunzip } from 'node:zlib';
-import { Decompress as ZstdDecompress } from 'fzstd';
+import type * as FzstdModule from 'fzstd';
 import { isStrataError, strataError } from '../errors.js';
 import { FileChunks } from './file-chunks.js';
 import { detectCompression } from './magic.js';
 import { TappedChunks, type TappableChunks } from './tapped-chunks.js';
+import { requireCommonJs } from '../util/require-cjs.js';
 
 /** Largest zstd window accepted (zstd's own default decoder limit is 128 MiB, --long=27). */
 const MAX_ZSTD_WINDOW = 128 << 20;
@@ -79,7 +80,8 @@ async function* gunzip(input: AsyncGenerator<Buffer>): AsyncGenerator<Buffer> {
 
 async function* unzstd(input: AsyncGenerator<Buffer>): AsyncGenerator<Buffer> {
   let out: Buffer[] = [];
-  const d = new ZstdDecompress((chunk: Uint8Array) => {
+  const { Decompress } = requireCommonJs<typeof FzstdModule>('fzstd');
+  const d = new Decompress((chunk: Uint8Array) => {
     out.push(Buffer.from(chunk)); // fzstd may reuse its window buffer: copy
   });
   let head: Buffer | null = Buffer.alloc(0);

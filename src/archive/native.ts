@@ -4,7 +4,10 @@
  * extended attributes without following symlinks (@napi-rs/xattr: lgetxattr and friends).
  */
 import { execFileSync } from 'node:child_process';
-import { getAttributeSync, listAttributesSync, setAttributeSync } from '@napi-rs/xattr';
+import type * as XattrModule from '@napi-rs/xattr';
+import { requireCommonJs } from '../util/require-cjs.js';
+
+const { getAttributeSync, listAttributesSync, setAttributeSync } = requireCommonJs<typeof XattrModule>('@napi-rs/xattr');
 
 export type NodeKind = 'char' | 'block' | 'fifo';
 

@@ -1,7 +1,10 @@
-import { createRequire } from 'node:module';
-import { Command, CommanderError } from 'commander';
+import type * as CommanderModule from 'commander';
 import { StrataError, exitStatusFor, isErrno } from '../errors.js';
 import { groupsFor } from './commands/index.js';
+import { requireCommonJs } from '../util/require-cjs.js';
+
+const { Command, CommanderError } = requireCommonJs<typeof CommanderModule>('commander');
+type Command = CommanderModule.Command;
 
 /** Global flags every command sees (`--root`, `--storage-driver`, `--storage-opt`, `--debug`). */
 export interface GlobalOptions {
@@ -27,8 +30,7 @@ export async function buildProgram(argv: readonly string[] = []): Promise<Comman
 }
 
 function packageVersion(): string {
-  const pkg = createRequire(import.meta.url)('../../package.json') as { version: string };
-  return pkg.version;
+  return requireCommonJs<{ version: string }>('../../package.json').version;
 }
 
 /** The status of a process killed by SIGPIPE (128 + 13), which is how Docker's CLI ends. */

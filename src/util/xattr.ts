@@ -1,4 +1,7 @@
-import { getAttribute, listAttributes, removeAttribute, setAttribute } from '@napi-rs/xattr';
+import { requireCommonJs } from './require-cjs.js';
+import type * as XattrModule from '@napi-rs/xattr';
+
+const { getAttribute, listAttributes, removeAttribute, setAttribute } = requireCommonJs<typeof XattrModule>('@napi-rs/xattr');
 
 // Extended attributes without following symlinks (lgetxattr and friends): @napi-rs/xattr wraps
 // the Rust `xattr` crate, whose plain calls are the l* variants. Node has no xattr API of its own.

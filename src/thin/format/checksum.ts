@@ -1,6 +1,9 @@
-import { crc32c } from '@node-rs/crc32';
+import type * as Crc32Module from '@node-rs/crc32';
+import { requireCommonJs } from '../../util/require-cjs.js';
 import { BLOCK_SIZE, SALT, type BlockKind } from './constants.js';
 import { readU64, writeU64 } from './int.js';
+
+const { crc32c } = requireCommonJs<typeof Crc32Module>('@node-rs/crc32');
 
 /**
  * dm_bm_checksum: the reflected Castagnoli CRC seeded with ~0 and *not* inverted at the end,
