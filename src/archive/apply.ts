@@ -165,7 +165,7 @@ class Applier {
       const victim = `${dir}/${wo.target}`;
       this.removeExisting(victim);
       if (mode === 'overlay') {
-        mknodSync(victim, 'char', 0, 0);
+        mknodSync(victim, 'char', 0, 0, 0); // (mode 0, as moby makes them)
         if (this.chown) lchownSync(victim, h.uid, h.gid);
         // the header's times (moby leaves the apply time): re-diffing gives the same whiteout
         lutimesSync(victim, h.atime ?? h.mtime, h.mtime);

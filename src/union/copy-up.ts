@@ -1,9 +1,8 @@
 import { copyFile, link, lstat, lutimes, lchown, chmod, mkdir, readlink, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import type { Stats } from 'node:fs';
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
+import { mknodSync } from '../archive/native.js';
 import { isErrno } from '../errors.js';
 import { readXattrs, setXattr } from '../util/xattr.js';
 import type { Branches } from './branches.js';
@@ -12,8 +11,6 @@ import { errnoError } from './errno.js';
 import type { Resolver, UnionNode } from './resolver.js';
 import { parentRel } from './path.js';
 import { ORPH_DIR, PLINK_DIR, mergeListings } from './whiteout.js';
-
-const run = promisify(execFile);
 
 /** Copy owner, mode, xattrs and times of `st`/`src` onto `dst` (times last: the others touch ctime only). */
 export async function copyMetadata(src: string, st: Stats, dst: string): Promise<void> {
@@ -40,12 +37,11 @@ async function copyObject(src: string, st: Stats, dst: string, withData: boolean
   } else if (st.isSymbolicLink()) {
     await symlink(await readlink(src), dst);
   } else if (st.isFIFO()) {
-    await run('mknod', [dst, 'p']);
+    mknodSync(dst, 'fifo');
   } else if (st.isCharacterDevice() || st.isBlockDevice()) {
-    // Node has no mknod(2); the coreutils binary is the portable way
     const major = Math.floor(st.rdev / 256) & 0xfff;
     const minor = (st.rdev & 0xff) | ((st.rdev >> 12) & 0xfff00);
-    await run('mknod', [dst, st.isCharacterDevice() ? 'c' : 'b', String(major), String(minor)]);
+    mknodSync(dst, st.isCharacterDevice() ? 'char' : 'block', major, minor);
   } else {
     throw errnoError('EOPNOTSUPP', 'copyup', src);
   }

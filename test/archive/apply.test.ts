@@ -49,6 +49,8 @@ function richTree(root: string): void {
   if (IS_ROOT) {
     run('mknod', [`${root}/null`, 'c', '1', '3']);
     run('mknod', [`${root}/loop9`, 'b', '7', '9']);
+    // a minor past 8 bits (the kernel's largest, 20): dev_t's split encoding
+    run('mknod', [`${root}/nvme`, 'b', '259', '1048575']);
     chownSync(`${root}/etc/ssl`, 1000, 1001);
     chownSync(`${root}/empty`, 65534, 65534);
     if (hasTrustedXattrs(root)) run('setfattr', ['-n', 'trusted.strata', '-v', 'secret', `${root}/empty`]);
