@@ -227,7 +227,15 @@ class Leases {
     }
     for (const b of report.unused) this.outstanding.delete(b);
     this.writes.returnLease(report.unused);
-    // topped up once half is used: a message for many blocks, not one per report
+    this.topUp();
+  }
+
+  /**
+   * Lend more once half is used (a message for many blocks, not one per report). Called on each
+   * report, and on each batch of writes the thread plans the slow way: a connection that got no
+   * lease when the pool was short of space writes nothing the leased way, so sends no reports.
+   */
+  topUp(): void {
     if (this.ended || this.outstanding.size > this.target / 2) return;
     const more = this.grant();
     if (more.length > 0) this.port.postMessage({ lease: more });
@@ -351,6 +359,7 @@ export class TransmissionThreads {
         planned = null;
       }
       if ('batch' in msg) {
+        if (msg.batch.some((r) => r.write)) leases?.topUp();
         const requests = msg.batch.map((r): BatchRequest => r.write
           ? { kind: 'write', offset: r.offset, data: received!.subarray(r.at, r.at + r.length) }
           : { kind: 'read', offset: r.offset, length: r.length });

@@ -377,3 +377,36 @@ test('thin export on threads: a client that stalls halfway through a request sti
     await close();
   }
 });
+
+test('thin export on threads: a connection that got no lease while the pool was short of space gets one once space is freed', async () => {
+  // 768 data blocks; another device takes 320, so fewer than 4 leases' worth (512) are free
+  const { pool, dev, server, sock, close } = await servePool(true, [], 48 * MiB);
+  try {
+    await pool.message('create_thin 1');
+    const other = await pool.openThin(1, 20 * MiB);
+    await other.write(randomBytes(20 * MiB), 0);
+    await other.close();
+    await pool.commit();
+    const c = await attachWithMeta(sock, 't');
+    await until(() => server.threadedCount === 1);
+    let cookie = 0n;
+    const writeBlocks = async (round: number): Promise<void> => {
+      const data = randomBytes(2 * BLOCK);
+      c.sendRequest(CMD.WRITE, 0, ++cookie, round * 2 * BLOCK, data.length, data);
+      assert.equal((await c.readSimpleReply()).error, 0);
+      assert.ok((await readChunkData(c, ++cookie, round * 2 * BLOCK, data.length)).equals(data));
+    };
+    for (let i = 0; i < 4; i++) await writeBlocks(i);
+    assert.equal(dev.adoptedBlocks, 0, 'no lease while space is short: every write planned');
+    await pool.message('delete 1');
+    await pool.commit(); // (blocks freed in a transaction are free once it is committed)
+    // the next planned write tops the lease up; the writes after it go the leased way
+    for (let i = 4; i < 12; i++) await writeBlocks(i);
+    assert.ok(dev.adoptedBlocks > 0, 'whole-block writes went the leased way once space was freed');
+    c.close();
+  } finally {
+    await close((meta) => {
+      if (thinTools) assert.equal(tool('thin_check', [meta]).status, 0);
+    });
+  }
+});
