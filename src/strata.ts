@@ -18,7 +18,6 @@ import { strataError, isStrataError } from './errors.js';
 import { openFileInput, tarDirectory } from './archive/index.js';
 import { releaseAfter } from './util/release-after.js';
 import { type Digest, chainId, chainIds, goJson, goTime, hexOf } from './store/digest.js';
-import { MountRefs } from './drivers/mount-refs.js';
 import { LayerStore, randomHex, type LayerInfo } from './store/layer-store.js';
 import { ImageStore, type ImageConfig, type HistoryEntry } from './store/image-store.js';
 import { ContainerStore, type ContainerRecord } from './store/container-store.js';
@@ -376,12 +375,12 @@ export class Strata {
         throw err;
       });
       if (mount) {
-        const refs = new MountRefs(this.driver.home);
-        if (opts.force) while ((await refs.kept(mount.mountId)) > 0) await this.driver.put(mount.mountId, { keep: true });
-        if ((await refs.kept(mount.mountId)) > 0) {
+        const refs = () => this.driver.mountRefs(mount.mountId);
+        if (opts.force) while ((await refs()).kept > 0) await this.driver.put(mount.mountId, { keep: true });
+        if ((await refs()).kept > 0) {
           throw strataError('LAYER_MOUNTED', `container ${record.Name.slice(1)} is mounted: run strata unmount ${record.Name.slice(1)} first, or rm -f`, { id: record.ID });
         }
-        if ((await refs.count(mount.mountId)) > 0) {
+        if ((await refs()).total > 0) {
           throw strataError('LAYER_MOUNTED', `container ${record.Name.slice(1)} is in use by another strata process (an export or diff of it)`, { id: record.ID });
         }
         await this.layers.removeMount(txn, record.ID);

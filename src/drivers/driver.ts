@@ -1,5 +1,5 @@
 import type { Readable } from 'node:stream';
-import type { MountOptions } from './mount-refs.js';
+import type { MountOptions, MountUsage } from './mount-refs.js';
 
 /**
  * A storage driver lays layers on disk, as Docker's graphdriver does. It knows nothing of images
@@ -39,6 +39,8 @@ export interface Driver {
   get(id: string, opts?: MountOptions): Promise<string>;
   /** Release one reference (of the same kind as its get); unmount at zero. */
   put(id: string, opts?: MountOptions): Promise<void>;
+  /** The layer's mount references, every process's (rm of a container checks them). */
+  mountRefs(id: string): Promise<MountUsage>;
   exists(id: string): Promise<boolean>;
   /** Key/value lines for `strata info`, in display order. */
   status(): Promise<Array<[string, string]>>;

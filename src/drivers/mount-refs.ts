@@ -13,6 +13,12 @@ import { isErrno } from '../errors.js';
  */
 export type RefHolder = 'kept' | 'process';
 
+/** A layer's mount references: all live ones, and those of them kept past their process. */
+export interface MountUsage {
+  total: number;
+  kept: number;
+}
+
 /** The counts of one id: kept ones, and each live process's (by "pid:start time"). */
 interface Counts {
   kept: number;
@@ -46,6 +52,12 @@ export class MountRefs {
   /** References kept beyond their process (`strata mount`). */
   async kept(id: string): Promise<number> {
     return (await this.read(id)).kept;
+  }
+
+  /** Both counts at once (Driver.mountRefs). */
+  async usage(id: string): Promise<MountUsage> {
+    const counts = await this.read(id);
+    return { total: total(counts), kept: counts.kept };
   }
 
   /**

@@ -116,6 +116,19 @@ export function runDriverSuite(name: string, factory: DriverFactory, options: Su
       await d.remove('layer');
     });
 
+    test('mountRefs counts every reference, and those kept past their process apart', async (d) => {
+      await d.create('layer', null);
+      assert.deepEqual(await d.mountRefs('layer'), { total: 0, kept: 0 });
+      await d.get('layer', { keep: true });
+      await d.get('layer');
+      assert.deepEqual(await d.mountRefs('layer'), { total: 2, kept: 1 });
+      await d.put('layer');
+      assert.deepEqual(await d.mountRefs('layer'), { total: 1, kept: 1 });
+      await d.put('layer', { keep: true });
+      assert.deepEqual(await d.mountRefs('layer'), { total: 0, kept: 0 });
+      await d.remove('layer');
+    });
+
     test('sweep (what fsck runs) leaves live mounts and layers alone', async (d) => {
       await layer(d, 'base', null, [file('keep', 'k')]);
       await d.createReadWrite('rw', 'base');

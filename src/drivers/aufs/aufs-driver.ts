@@ -27,7 +27,7 @@ import type { Change, CreateOptions, Driver, DriverCapabilities, DriverOptions }
 import { isErrno, strataError } from '../../errors.js';
 import { writeFileAtomic, fsyncDir } from '../../util/atomic.js';
 import { withFileLock } from '../../util/file-lock.js';
-import { MountRefs, holderOf, type MountOptions } from '../mount-refs.js';
+import { MountRefs, holderOf, type MountOptions, type MountUsage } from '../mount-refs.js';
 import { checkLayerId } from '../layer-id.js';
 import { layerIdsIn, sweepLeftovers } from '../leftovers.js';
 import { naiveChanges, naiveDiff, naiveDiffSize } from '../naive-diff.js';
@@ -176,6 +176,10 @@ export class AufsDriver implements Driver {
       if (await isMounted(target)) await unmount(target);
       await this.normalize(id);
     });
+  }
+
+  mountRefs(id: string): Promise<MountUsage> {
+    return this.refs.usage(id);
   }
 
   private async emptyLower(): Promise<string> {

@@ -20,7 +20,7 @@ import { randomBytes } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import type { Change, CreateOptions, Driver, DriverCapabilities, DriverOptions } from '../driver.js';
 import { strataError, isErrno } from '../../errors.js';
-import { MountRefs, holderOf, type MountOptions } from '../mount-refs.js';
+import { MountRefs, holderOf, type MountOptions, type MountUsage } from '../mount-refs.js';
 import { checkLayerId } from '../layer-id.js';
 import { layerIdsIn } from '../leftovers.js';
 import { naiveApplyDiff, naiveChanges, naiveDiff, naiveDiffSize } from '../naive-diff.js';
@@ -172,6 +172,10 @@ export class BtrfsDriver implements Driver {
   async put(id: string, opts?: MountOptions): Promise<void> {
     this.path(id);
     await this.refs.change(id, -1, holderOf(opts));
+  }
+
+  mountRefs(id: string): Promise<MountUsage> {
+    return this.refs.usage(id);
   }
 
   exists(id: string): Promise<boolean> {

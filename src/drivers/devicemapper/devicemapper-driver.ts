@@ -29,7 +29,7 @@ import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import type { Change, CreateOptions, Driver, DriverCapabilities, DriverOptions } from '../driver.js';
 import { isErrno, strataError } from '../../errors.js';
-import { MountRefs, holderOf, type MountOptions } from '../mount-refs.js';
+import { MountRefs, holderOf, type MountOptions, type MountUsage } from '../mount-refs.js';
 import { checkLayerId } from '../layer-id.js';
 import { naiveApplyDiff, naiveChanges, naiveDiff, naiveDiffSize } from '../naive-diff.js';
 import { backingFsName } from '../backing-fs.js';
@@ -175,6 +175,10 @@ export class DevicemapperDriver implements Driver {
   async put(id: string, opts?: MountOptions): Promise<void> {
     checkLayerId(id);
     await this.refs.change(id, -1, holderOf(opts), () => this.act.unmount(id, this.mountpoint(id)));
+  }
+
+  mountRefs(id: string): Promise<MountUsage> {
+    return this.refs.usage(id);
   }
 
   async exists(id: string): Promise<boolean> {

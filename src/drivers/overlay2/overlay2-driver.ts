@@ -27,7 +27,7 @@ import { randomBytes } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import type { Change, CreateOptions, Driver, DriverCapabilities, DriverOptions } from '../driver.js';
 import { strataError, isErrno } from '../../errors.js';
-import { MountRefs, holderOf, type MountOptions } from '../mount-refs.js';
+import { MountRefs, holderOf, type MountOptions, type MountUsage } from '../mount-refs.js';
 import { checkLayerId } from '../layer-id.js';
 import { layerIdsIn, sweepLeftovers } from '../leftovers.js';
 import { withFileLock } from '../../util/file-lock.js';
@@ -243,6 +243,10 @@ export class Overlay2Driver implements Driver {
     await this.withMountLock(async () => {
       await this.refs.change(id, -1, holderOf(opts), () => this.release(id));
     });
+  }
+
+  mountRefs(id: string): Promise<MountUsage> {
+    return this.refs.usage(id);
   }
 
   /**

@@ -12,7 +12,7 @@ import { randomBytes } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import type { Change, CreateOptions, Driver, DriverCapabilities, DriverOptions } from '../driver.js';
 import { strataError } from '../../errors.js';
-import { MountRefs, holderOf, type MountOptions } from '../mount-refs.js';
+import { MountRefs, holderOf, type MountOptions, type MountUsage } from '../mount-refs.js';
 import { checkLayerId } from '../layer-id.js';
 import { layerIdsIn, sweepLeftovers } from '../leftovers.js';
 import { naiveApplyDiff, naiveChanges, naiveDiff, naiveDiffSize } from '../naive-diff.js';
@@ -87,6 +87,10 @@ export class VfsDriver implements Driver {
   async put(id: string, opts?: MountOptions): Promise<void> {
     this.dir(id);
     await this.refs.change(id, -1, holderOf(opts));
+  }
+
+  mountRefs(id: string): Promise<MountUsage> {
+    return this.refs.usage(id);
   }
 
   exists(id: string): Promise<boolean> {
