@@ -49,12 +49,7 @@ export class MountRefs {
     return total(await this.read(id));
   }
 
-  /** References kept beyond their process (`strata mount`). */
-  async kept(id: string): Promise<number> {
-    return (await this.read(id)).kept;
-  }
-
-  /** Both counts at once (Driver.mountRefs). */
+  /** All references, and those kept beyond their process (`strata mount`): Driver.mountRefs. */
   async usage(id: string): Promise<MountUsage> {
     const counts = await this.read(id);
     return { total: total(counts), kept: counts.kept };

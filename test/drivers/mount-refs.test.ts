@@ -36,7 +36,7 @@ describe('MountRefs', () => {
     const refs = new MountRefs(home);
     const other = await holder(home, 'a');
     assert.equal(await refs.count('a'), 2);
-    assert.equal(await refs.kept('a'), 1);
+    assert.equal((await refs.usage('a')).kept, 1);
     await other.kill();
     assert.equal(await refs.count('a'), 1);
     // our own come and go with their edges: 1 (kept) -> 2 -> 1, no mount or unmount
@@ -57,7 +57,7 @@ describe('MountRefs', () => {
     await writeFile(join(home, 'mountrefs', 'old'), '2');
     const refs = new MountRefs(home);
     assert.equal(await refs.count('old'), 2);
-    assert.equal(await refs.kept('old'), 2);
+    assert.equal((await refs.usage('old')).kept, 2);
   });
 
   it('does not count a dead pid reused by another process (told apart by its start time)', async () => {
