@@ -7,6 +7,9 @@
  */
 import { NbdServer } from './server.js';
 import { FileExport } from './file-export.js';
+import { tuneJitForServing } from '../util/serving-jit.js';
+
+tuneJitForServing();
 
 const args = process.argv.slice(2);
 const file = args[0];

@@ -3,6 +3,9 @@
  * starts it detached). SIGTERM or SIGINT: finish in-flight requests, flush, commit, close, exit 0.
  */
 import { NbdService } from './service.js';
+import { tuneJitForServing } from '../util/serving-jit.js';
+
+tuneJitForServing();
 
 const root = process.argv[2];
 if (!root) {
