@@ -10,7 +10,8 @@ import { decodeRequest, encodeSimpleReply, REQUEST_HEADER_LENGTH, type Request }
 import { BlockingSocket, postHanded, preadFully, pwriteFully, readReplyHead, takeHandedReply, takeReply } from './thread-io.js';
 import { libcBinding } from '../util/libc.js';
 import { FAST_INFLIGHT, FAST_OPEN, zeroOutside, type DataRun, type RequestPlan } from '../thin/thin-device.js';
-import type { LeaseJob, LeaseReport, PlanCall, PlannedJob, Settled } from './transmission-threads.js';
+import type { LeaseJob, PlanCall, PlannedJob, Settled } from './transmission-threads.js';
+import { ReportRing } from './report-ring.js';
 
 /** A request parsed in the receive buffer: its header there, and a WRITE's payload after it. */
 interface Received {
@@ -366,14 +367,15 @@ function doPlanned(job: PlannedJob, req: Request, runs: readonly DataRun[], data
 
 /**
  * A connection's leased blocks (LeaseJob): a WRITE of whole, aligned blocks is written into them
- * and answered without waiting for the main thread, which maps them on this thread's report
- * (ThinDevice.adopt). The first such write enters the device's gate (FAST_INFLIGHT, then
- * FAST_OPEN); `flush` reports the runs written, leaves the gate, then answers: the report is
- * posted before any answer, so whatever the client does after an answer finds the write mapped.
+ * and answered without waiting for the main thread, which maps them once it takes in the runs
+ * this thread publishes (ThinDevice.adopt). The first such write enters the device's gate
+ * (FAST_INFLIGHT, then FAST_OPEN); `flush` publishes the runs written, leaves the gate, then
+ * answers: whatever the client does after an answer finds the write mapped.
  */
 class DirectWrites {
   private readonly blocks: number[];
   private readonly bs: number;
+  private readonly ring: ReportRing;
   /** In the gate since the last flush, and whether it was open then. */
   private entered = false;
   private open = false;
@@ -382,10 +384,13 @@ class DirectWrites {
   private replies: Buffer[] = [];
   /** A WRITE since the last flush went the planned way: the rest do too, so none overtakes it. */
   private declined = false;
+  /** More blocks were asked for and have not come yet. */
+  private asked = false;
 
   constructor(private readonly job: LeaseJob, private readonly fileFd: number) {
     this.blocks = [...job.lease];
     this.bs = job.blockBytes;
+    this.ring = new ReportRing(job.ring);
   }
 
   /** Writes answered by the next flush. */
@@ -397,15 +402,18 @@ class DirectWrites {
   write(req: Request, data: Buffer): boolean {
     const { bs } = this;
     if (!this.entered) {
-      for (let m = receiveMessageOnPort(this.job.reports); m; m = receiveMessageOnPort(this.job.reports)) {
+      for (let m = receiveMessageOnPort(this.job.port); m; m = receiveMessageOnPort(this.job.port)) {
         this.blocks.push(...(m.message as { lease: number[] }).lease);
+        this.asked = false;
       }
       Atomics.add(this.job.gate, FAST_INFLIGHT, 1);
       this.entered = true;
       this.open = Atomics.load(this.job.gate, FAST_OPEN) === 1;
     }
     const n = req.length / bs;
-    if (!this.open || this.declined || req.offset % bs !== 0 || !Number.isInteger(n) || n > this.blocks.length) {
+    // (room for its run, or for its blocks given back: never short while the lease is its size)
+    const room = this.ring.room() - ReportRing.slotsFor(this.written, this.unused) - 2 * (2 + n);
+    if (!this.open || this.declined || req.offset % bs !== 0 || !Number.isInteger(n) || n > this.blocks.length || room < 0) {
       this.declined = true;
       return false;
     }
@@ -432,9 +440,13 @@ class DirectWrites {
   flush(socket: BlockingSocket | null): boolean {
     if (!this.entered) return true;
     if (this.written.length > 0 || this.unused.length > 0) {
-      this.job.reports.postMessage({ written: this.written, unused: this.unused } satisfies LeaseReport);
+      this.ring.publish(this.written, this.unused); // (room was checked as they were added)
       this.written = [];
       this.unused = [];
+      if (!this.asked && this.blocks.length < this.job.askBelow) {
+        this.job.port.postMessage(null);
+        this.asked = true;
+      }
     }
     Atomics.sub(this.job.gate, FAST_INFLIGHT, 1);
     this.entered = false;

@@ -23,7 +23,8 @@
  * made the thread goes on receiving, so the next batch holds what arrived meanwhile; the event
  * loop signals its replies through an eventfd, so the thread can wait for either at once.
  * WRITEs of whole blocks need no plan: the thread writes them into free blocks the pool has
- * leased it, answers, and reports what it wrote for the event loop to map (`Leases`).
+ * leased it, publishes the runs written in shared memory for the event loop to map, and answers
+ * (`Leases`, report-ring.ts).
  *
  * Threads are kept for later connections (up to `maxIdle`), and a few are started with the
  * server so the first clients do not wait for one to boot. Without koffi (no dup/fcntl/shutdown)
@@ -35,6 +36,7 @@ import type { Socket } from 'node:net';
 import { libcBinding } from '../util/libc.js';
 import { startWorker } from '../util/worker-thread.js';
 import { BufferPool } from './buffer-pool.js';
+import { ReportRing } from './report-ring.js';
 import { decodeRequest } from './request-codec.js';
 import type { CheckContext } from './request-check.js';
 import type { Negotiated } from './handshake.js';
@@ -86,23 +88,17 @@ export interface PlannedJob extends ThreadJobBase {
 
 /**
  * A planned connection's leased blocks: WRITEs of whole blocks go into them and are answered at
- * once; the thread reports each run written (`LeaseReport`) on `reports` before answering, and
- * gets more blocks there (`{ lease }`).
+ * once; the thread publishes each run written in `ring` (report-ring.ts) before answering, asks
+ * for more on `port` once it holds fewer than `askBelow` blocks, and gets them there
+ * (`{ lease }`).
  */
 export interface LeaseJob {
-  reports: MessagePort;
+  port: MessagePort;
+  ring: SharedArrayBuffer;
+  askBelow: number;
   gate: Int32Array;
   blockBytes: number;
   lease: number[];
-}
-
-/**
- * Runs written (flat: first virtual block, count, then that many data blocks; repeated), and
- * leased blocks given back unwritten.
- */
-export interface LeaseReport {
-  written: number[];
-  unused: number[];
 }
 
 export type ThreadJob = PlainFileJob | PlannedJob;
@@ -181,20 +177,26 @@ const socketCalls = libcBinding<SocketCalls>((lib) => ({
  */
 const LEASE_BYTES = 8 * 1024 * 1024;
 
+/** Longest a run written into leased blocks waits to be mapped when nothing else takes it in. */
+const TAKE_IN_MS = 50;
+
 /**
  * The main thread's side of a connection's leased blocks: it gives the thread blocks, takes in
- * the thread's reports of runs written (ThinDevice.adopt, in report order), and tops the lease up.
- * Reports are also taken in before anything else takes the pool's mutex (Pool.beforeEachLock): a
- * report is posted before the write is answered, so whatever follows the answer (a read on
- * another connection, a flush) finds the write mapped.
+ * the runs the thread has written (ThinDevice.adopt, in the order written), and tops the lease
+ * up. Runs are taken in before anything else takes the pool's mutex (Pool.beforeEachLock): the
+ * thread publishes a run before it answers the write, so whatever follows the answer (a read on
+ * another connection, a flush) finds the write mapped; and whenever the thread asks for blocks.
  */
 class Leases {
   readonly job: LeaseJob;
   private readonly port: MessagePort;
+  private readonly ring: ReportRing;
   private readonly outstanding = new Set<number>();
   private readonly target: number;
   private readonly unhook: () => void;
   private ended = false;
+  private draining = false;
+  private readonly timer: NodeJS.Timeout;
 
   static worthwhile(writes: LeasedWrites): boolean {
     return writes.blockBytes * 4 <= LEASE_BYTES;
@@ -204,9 +206,17 @@ class Leases {
     const channel = new MessageChannel();
     this.port = channel.port1;
     this.target = Math.floor(LEASE_BYTES / writes.blockBytes);
-    this.job = { reports: channel.port2, gate: writes.gate, blockBytes: writes.blockBytes, lease: this.grant() };
-    this.port.on('message', (report: LeaseReport) => this.takeIn(report));
+    // every block in the ring is outstanding, and a record takes at most three slots a block
+    const memory = ReportRing.create(3 * this.target + 16);
+    this.ring = new ReportRing(memory);
+    this.job = {
+      port: channel.port2, ring: memory, askBelow: Math.ceil(this.target / 2),
+      gate: writes.gate, blockBytes: writes.blockBytes, lease: this.grant(),
+    };
+    this.port.on('message', () => this.drain());
     this.unhook = writes.beforeEachLock(() => this.drain());
+    // what nothing else takes in soon (a client gone quiet) is mapped within a moment anyway
+    this.timer = setInterval(() => this.drain(), TAKE_IN_MS).unref();
   }
 
   private grant(): number[] {
@@ -215,25 +225,35 @@ class Leases {
     return more;
   }
 
-  private takeIn(report: LeaseReport): void {
-    const w = report.written;
-    for (let i = 0; i < w.length;) {
-      const first = w[i]!;
-      const blocks = w.slice(i + 2, i + 2 + w[i + 1]!);
-      i += 2 + blocks.length;
-      for (const b of blocks) this.outstanding.delete(b);
-      // (a failure there turns the pool read-only, and every later request says so)
-      void this.writes.adopt(first, blocks).catch(() => undefined);
+  /**
+   * Take in what the thread has published (and its requests for blocks), then top up. Each
+   * adopt takes the pool's mutex, whose hooks call back here: that inner call does nothing, so
+   * the runs are queued on the mutex strictly in the order written (a later run may map a
+   * block an earlier one mapped too, and must land last).
+   */
+  private drain(): void {
+    if (this.draining) return;
+    this.draining = true;
+    try {
+      while (receiveMessageOnPort(this.port)); // (asks for blocks: what they ask is done below)
+      this.ring.takeAll((first, blocks) => {
+        for (const b of blocks) this.outstanding.delete(b);
+        // (a failure there turns the pool read-only, and every later request says so)
+        void this.writes.adopt(first, blocks).catch(() => undefined);
+      }, (blocks) => {
+        for (const b of blocks) this.outstanding.delete(b);
+        this.writes.returnLease(blocks);
+      });
+    } finally {
+      this.draining = false;
     }
-    for (const b of report.unused) this.outstanding.delete(b);
-    this.writes.returnLease(report.unused);
     this.topUp();
   }
 
   /**
-   * Lend more once half is used (a message for many blocks, not one per report). Called on each
-   * report, and on each batch of writes the thread plans the slow way: a connection that got no
-   * lease when the pool was short of space writes nothing the leased way, so sends no reports.
+   * Lend more once half is used (a message for many blocks, not one per write). Called when the
+   * thread asks, and on each batch of writes it plans the slow way: a connection that got no
+   * lease while the pool was short of space writes nothing the leased way, so never asks.
    */
   topUp(): void {
     if (this.ended || this.outstanding.size > this.target / 2) return;
@@ -241,14 +261,10 @@ class Leases {
     if (more.length > 0) this.port.postMessage({ lease: more });
   }
 
-  /** Take in the reports posted so far, now. */
-  private drain(): void {
-    for (let m = receiveMessageOnPort(this.port); m; m = receiveMessageOnPort(this.port)) this.takeIn(m.message as LeaseReport);
-  }
-
-  /** The thread has let go: take in its last reports and give back what it did not write. */
+  /** The thread has let go: take in what it published last and give back what it did not write. */
   end(): void {
     this.ended = true;
+    clearInterval(this.timer);
     this.drain();
     this.unhook();
     this.port.close();
@@ -393,7 +409,7 @@ export class TransmissionThreads {
     };
     this.serving.set(id, { worker, finish });
     worker.ref();
-    worker.postMessage(job, leases ? [channel.port2, leases.job.reports] : [channel.port2]);
+    worker.postMessage(job, leases ? [channel.port2, leases.job.port] : [channel.port2]);
     return {
       done,
       hangUp: () => { if (open) c.shutdown(connFd, SHUT_RD); },

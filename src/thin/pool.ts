@@ -157,7 +157,7 @@ export class Pool {
   /**
    * Call `hook` (synchronously) each time before anything takes the mutex, until the returned
    * function is called. A connection thread that writes leased blocks (ThinDevice.adopt) reports
-   * them in messages: the hook takes those in first, so whatever comes after a write's reply
+   * them in shared memory: the hook takes those in first, so whatever comes after a write's reply
    * (a read on another connection, a flush) finds the write mapped.
    */
   beforeEachLock(hook: () => void): () => void {

@@ -410,3 +410,34 @@ test('thin export on threads: a connection that got no lease while the pool was 
     });
   }
 });
+
+test('thin export on threads: whole-block writes rewriting the same blocks, pipelined, are mapped in the order written', async () => {
+  const { dev, server, sock, close } = await servePool(true);
+  try {
+    const c = await attachWithMeta(sock, 't');
+    await until(() => server.threadedCount === 1);
+    const last = new Map<number, Buffer>();
+    let cookie = 0n;
+    for (let round = 0; round < 200; round++) {
+      // a burst of writes to four blocks, each block rewritten several times, answers awaited after
+      const burst = 1 + (round % 12);
+      for (let i = 0; i < burst; i++) {
+        const block = (round * 7 + i * 3) % 4;
+        const data = randomBytes(BLOCK);
+        c.sendRequest(CMD.WRITE, 0, ++cookie, block * BLOCK, BLOCK, data);
+        last.set(block, data);
+      }
+      for (let i = 0; i < burst; i++) assert.equal((await c.readSimpleReply()).error, 0);
+      if (round % 10 === 9) {
+        for (const [block, data] of last) assert.ok((await readChunkData(c, ++cookie, block * BLOCK, BLOCK)).equals(data), `round ${round}, block ${block}`);
+      }
+    }
+    assert.ok(dev.adoptedBlocks > 0);
+    for (const [block, data] of last) assert.ok((await readChunkData(c, ++cookie, block * BLOCK, BLOCK)).equals(data), `block ${block} at the end`);
+    c.close();
+  } finally {
+    await close((meta) => {
+      if (thinTools) assert.equal(tool('thin_check', [meta]).status, 0);
+    });
+  }
+});
