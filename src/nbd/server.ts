@@ -34,10 +34,11 @@ export interface NbdServerOptions {
   handshakeTimeoutMs?: number;
   /**
    * Serve connections to file-backed exports (files, thin devices on a file or block device) on
-   * threads with blocking I/O (transmission-threads.ts; default true): how many at once, or false
-   * to serve every connection on the event loop.
+   * threads with blocking I/O (transmission-threads.ts; default true): how many at once, false
+   * to serve every connection on the event loop, or threads shared with other servers (whose
+   * owner closes them), so a thread that served one export serves the next with its code compiled.
    */
-  threads?: number | boolean;
+  threads?: number | boolean | TransmissionThreads;
 }
 
 /** Threads started with the first listener when a file-backed export is served. */
@@ -62,11 +63,14 @@ export class NbdServer implements ExportLookup {
   private readonly connections = new Set<Connection>();
   private closing = false;
   private readonly threads: TransmissionThreads | null;
+  private readonly ownsThreads: boolean;
 
   constructor(exports: NbdExport[] = [], private readonly options: NbdServerOptions = {}) {
-    for (const exp of exports) this.addExport(exp);
     const threads = options.threads ?? true;
-    this.threads = threads === false || threads === 0 ? null : new TransmissionThreads(typeof threads === 'number' ? { maxThreads: threads } : {});
+    this.ownsThreads = !(threads instanceof TransmissionThreads);
+    this.threads = threads instanceof TransmissionThreads ? threads
+      : threads === false || threads === 0 ? null : new TransmissionThreads(typeof threads === 'number' ? { maxThreads: threads } : {});
+    for (const exp of exports) this.addExport(exp);
   }
 
   find(name: string): NbdExport | undefined {
@@ -77,9 +81,15 @@ export class NbdServer implements ExportLookup {
     return this.closing ? [] : [...this.exports.values()];
   }
 
+  /**
+   * Serve `exp` too. One added while listening gets threads started for it, as at listen; await
+   * `warmThreads()` for them to have loaded (a first client otherwise may be served on the event
+   * loop, as when no thread is idle).
+   */
   addExport(exp: NbdExport): void {
     if (this.exports.has(exp.name)) throw strataError('DEVICE_EXISTS', `export "${exp.name}" already exists`, { id: exp.name });
     this.exports.set(exp.name, exp);
+    if (this.listeners.length > 0) void this.warmThreads();
   }
 
   /** Connections currently attached to an export. */
@@ -170,13 +180,14 @@ export class NbdServer implements ExportLookup {
     const deadline = setTimeout(() => { for (const c of this.connections) c.destroy(); }, 5000);
     await Promise.all([...this.connections].map((c) => c.done));
     clearTimeout(deadline);
-    await this.threads?.close();
+    if (this.ownsThreads) await this.threads?.close();
     await listening;
     for (const path of this.unixPaths) await rm(path, { force: true });
     this.unixPaths.length = 0;
   }
 
-  private async warmThreads(): Promise<void> {
+  /** Start threads ahead of clients when a file-backed export is served; resolves once loaded. */
+  async warmThreads(): Promise<void> {
     if ([...this.exports.values()].some((e) => e.blockingFile)) await this.threads?.warm(WARM_THREADS);
   }
 

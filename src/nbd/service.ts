@@ -25,6 +25,7 @@ import { parseMessage } from '../thin/message.js';
 import type { Pool } from '../thin/pool.js';
 import type { ThinDevice } from '../thin/thin-device.js';
 import { NbdServer } from './server.js';
+import { TransmissionThreads } from './transmission-threads.js';
 import { ThinExport } from './thin-export.js';
 import { servicePaths, type ServicePaths } from './service-paths.js';
 import {
@@ -54,6 +55,8 @@ export class NbdService {
   private readonly registry: MapperRegistry;
   private readonly pools = new Map<string, HeldPool>();
   private readonly active = new Map<string, Active>();
+  /** Connection threads every device's server shares: a thread kept from one device serves the next warm. */
+  private readonly threads = new TransmissionThreads();
   private control: Server | undefined;
   private queue: Promise<unknown> = Promise.resolve();
   private stopping: Promise<void> | undefined;
@@ -257,6 +260,7 @@ export class NbdService {
         await held.pool.close().catch((err: unknown) => this.log(`closing pool ${name}: ${String(err)}`));
       }
       this.pools.clear();
+      await this.threads.close();
       await rm(this.paths.control, { force: true });
       await rm(this.paths.pid, { force: true });
       await this.lock.release();
@@ -291,7 +295,7 @@ export class NbdService {
         new ThinExport(device, {
           name, description: `thin device ${table.devId} of pool ${poolName}`, readOnly: poolEntry.table.features.readOnly,
         }),
-      ], { log: (m) => this.log(m) });
+      ], { log: (m) => this.log(m), threads: this.threads });
       await server.listenUnix(this.paths.device(name));
       if (entry.suspended) await device.suspend();
       held.users.add(name);

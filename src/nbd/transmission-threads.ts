@@ -288,6 +288,8 @@ export class TransmissionThreads {
   private readonly serving = new Map<number, { worker: Worker; finish: () => void }>();
   private nextId = 1;
   private closed = false;
+  /** Threads started so far. */
+  started = 0;
   private readonly maxThreads: number;
   private readonly maxIdle: number;
 
@@ -431,6 +433,7 @@ export class TransmissionThreads {
     } catch {
       return null;
     }
+    this.started++;
     worker.unref();
     let loaded!: () => void;
     this.booting.set(worker, new Promise<void>((resolve) => { loaded = resolve; }));

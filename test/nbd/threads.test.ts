@@ -139,3 +139,46 @@ test('past the thread limit, connections are served on the event loop, and both 
   }
 });
 
+
+test('an export added while listening has threads from its first client; threads shared by two servers outlive either', async () => {
+  const { TransmissionThreads } = await import('../../src/nbd/transmission-threads.js');
+  const { dir, cleanup } = await tempDir('strata-nbd-shared-threads-');
+  const shared = new TransmissionThreads();
+  const servers: NbdServer[] = [];
+  try {
+    const serve = async (name: string): Promise<{ server: NbdServer; sock: string }> => {
+      const file = join(dir, `${name}.img`);
+      await writeFile(file, '');
+      await truncate(file, MiB);
+      const server = new NbdServer([], { threads: shared });
+      servers.push(server);
+      const sock = join(dir, `${name}.sock`);
+      await server.listenUnix(sock); // (no export yet: nothing to start threads for)
+      server.addExport(await FileExport.open(file, { name: 'disk' }));
+      await server.warmThreads();
+      return { server, sock };
+    };
+    const one = await serve('one');
+    const a = await attach(one.sock, 'disk');
+    await until(() => one.server.threadedCount === 1, 1000); // (on the event loop it never is)
+    a.sendRequest(CMD.WRITE, 0, 1n, 0, 5, Buffer.from('first'));
+    assert.equal((await a.readSimpleReply()).error, 0);
+    a.close();
+    await until(() => one.server.connectionCount === 0);
+    const started = shared.started;
+    const two = await serve('two');
+    await one.server.close();
+    const b = await attach(two.sock, 'disk');
+    await until(() => two.server.threadedCount === 1, 1000);
+    b.sendRequest(CMD.WRITE, 0, 2n, 0, 6, Buffer.from('second'));
+    assert.equal((await b.readSimpleReply()).error, 0);
+    b.sendRequest(CMD.READ, 0, 3n, 0, 6);
+    assert.equal((await b.readSimpleReply(6)).data.toString(), 'second');
+    assert.equal(shared.started, started, 'the second server was served by the threads the first had started');
+    b.close();
+  } finally {
+    for (const s of servers) await s.close();
+    await shared.close();
+    await cleanup();
+  }
+});

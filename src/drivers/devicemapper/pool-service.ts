@@ -129,6 +129,7 @@ export async function runPoolService(config: ServiceConfig): Promise<void> {
         const exp = new ThinExport(dev, { name: req.name });
         nbd.addExport(exp);
         active.set(req.name, { dev, exp });
+        await nbd.warmThreads(); // (its client is served on a thread from the start)
         return { ok: true };
       }
       case 'deactivate': {
