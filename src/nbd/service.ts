@@ -55,8 +55,12 @@ export class NbdService {
   private readonly registry: MapperRegistry;
   private readonly pools = new Map<string, HeldPool>();
   private readonly active = new Map<string, Active>();
-  /** Connection threads every device's server shares: a thread kept from one device serves the next warm. */
-  private readonly threads = new TransmissionThreads();
+  /**
+   * Connection threads every device's server shares: a thread kept from one device serves the
+   * next warm. Up to 64 connections at once on threads (past that, on the event loop), and as
+   * many idle as nbdcopy opens connections (each idle thread holds a V8 heap of its own).
+   */
+  private readonly threads = new TransmissionThreads({ maxIdle: 4 });
   private control: Server | undefined;
   private queue: Promise<unknown> = Promise.resolve();
   private stopping: Promise<void> | undefined;
