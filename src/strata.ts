@@ -375,12 +375,14 @@ export class Strata {
         throw err;
       });
       if (mount) {
-        const refs = () => this.driver.mountRefs(mount.mountId);
-        if (opts.force) while ((await refs()).kept > 0) await this.driver.put(mount.mountId, { keep: true });
-        if ((await refs()).kept > 0) {
+        let refs = await this.driver.mountRefs(mount.mountId);
+        for (; opts.force && refs.kept > 0; refs = await this.driver.mountRefs(mount.mountId)) {
+          await this.driver.put(mount.mountId, { keep: true });
+        }
+        if (refs.kept > 0) {
           throw strataError('LAYER_MOUNTED', `container ${record.Name.slice(1)} is mounted: run strata unmount ${record.Name.slice(1)} first, or rm -f`, { id: record.ID });
         }
-        if ((await refs()).total > 0) {
+        if (refs.total > 0) {
           throw strataError('LAYER_MOUNTED', `container ${record.Name.slice(1)} is in use by another strata process (an export or diff of it)`, { id: record.ID });
         }
         await this.layers.removeMount(txn, record.ID);

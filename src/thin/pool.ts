@@ -334,7 +334,7 @@ export class Pool {
       await this.mutate(() => this.md.commit());
       if (discarded.length > 0) await this.passDown(discarded);
     } finally {
-      for (const [first, end] of discarded) this.md.dataSm.unhold(first, end);
+      for (const [first, end] of discarded) sm.unhold(first, end);
     }
     if (this.outOfSpace && this.md.dataSm.nrFree > 0) this.spaceAvailable();
   }
