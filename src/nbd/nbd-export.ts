@@ -47,8 +47,8 @@ export interface LeasedWrites {
   readonly gate: Int32Array;
   lease(max: number): number[];
   returnLease(blocks: readonly number[]): void;
-  /** Map virtual blocks first, first + 1, … to `blocks`, which hold their data. */
-  adopt(first: number, blocks: readonly number[]): Promise<void>;
+  /** Map virtual block `vblocks[i]` to `blocks[i]`, which holds its data, in order. */
+  adopt(vblocks: readonly number[], blocks: readonly number[]): Promise<void>;
   /** Call `hook` before anything else takes the pool's mutex, until the returned function is called. */
   beforeEachLock(hook: () => void): () => void;
 }

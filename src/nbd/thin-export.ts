@@ -45,7 +45,7 @@ export class ThinExport implements NbdExport {
       gate: device.fastWriteGate,
       lease: (max) => pool.leaseDataBlocks(max),
       returnLease: (blocks) => pool.returnLease(blocks),
-      adopt: (first, blocks) => device.adopt(first, blocks),
+      adopt: (vblocks, blocks) => device.adopt(vblocks, blocks),
       beforeEachLock: (hook) => pool.beforeEachLock(hook),
     };
     this.blockingFile = { fd, plan, leasedWrites };

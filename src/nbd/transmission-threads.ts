@@ -236,14 +236,21 @@ class Leases {
     this.draining = true;
     try {
       while (receiveMessageOnPort(this.port)); // (asks for blocks: what they ask is done below)
+      // every run taken in now, mapped in one go: runs of one connection often share leaves
+      const vblocks: number[] = [];
+      const written: number[] = [];
       this.ring.takeAll((first, blocks) => {
-        for (const b of blocks) this.outstanding.delete(b);
-        // (a failure there turns the pool read-only, and every later request says so)
-        void this.writes.adopt(first, blocks).catch(() => undefined);
+        for (let i = 0; i < blocks.length; i++) {
+          this.outstanding.delete(blocks[i]!);
+          vblocks.push(first + i);
+          written.push(blocks[i]!);
+        }
       }, (blocks) => {
         for (const b of blocks) this.outstanding.delete(b);
         this.writes.returnLease(blocks);
       });
+      // (a failure there turns the pool read-only, and every later request says so)
+      if (written.length > 0) void this.writes.adopt(vblocks, written).catch(() => undefined);
     } finally {
       this.draining = false;
     }

@@ -105,36 +105,77 @@ function splitSibling(tm: TransactionManager, parent: Buffer, pi: number, n: Buf
 export async function insert(
   tm: TransactionManager, root: number, key: number, value: Buffer, vt: ValueType,
 ): Promise<{ root: number; inserted: boolean }> {
+  const run = await insertRun(tm, root, [key], () => value, 0, vt);
+  return { root: run.root, inserted: run.inserted === 1 };
+}
+
+/**
+ * Insert or overwrite the entries `keys[from]`, `keys[from + 1]`, … in order, for as long as
+ * they belong in the leaf the first one reaches and it has room: one descent (shadowing and
+ * splitting as `insert` does) for a run of neighbouring keys, not one each. `valueOf(i)` is
+ * called once for each entry taken, just before it goes in. Returns the new root, how many
+ * entries were taken (at least one) and how many of them were new keys.
+ */
+export async function insertRun(
+  tm: TransactionManager, root: number, keys: readonly number[], valueOf: (i: number) => Buffer, from: number, vt: ValueType,
+): Promise<{ root: number; taken: number; inserted: number }> {
+  const key = keys[from]!;
   const top = await shadowNode(tm, root, vt);
   let node = top.buf;
   let parent: Buffer | null = null;
   let pi = -1;
+  // the keys the leaf reached may hold: those the internal nodes on the way lead to it
+  let low = -Infinity;
+  let high = Infinity;
   for (;;) {
     if (nrEntries(node) === maxEntries(node)) {
       if (!parent) splitBeneath(tm, node);
-      else node = splitSibling(tm, parent, pi, node, key);
+      else {
+        node = splitSibling(tm, parent, pi, node, key);
+        const separator = keyAt(parent, pi + 1);
+        if (key >= separator) low = separator;
+        else high = Math.min(high, separator);
+      }
     }
     let i = lowerBound(node, key);
-    if (isLeaf(node)) {
-      if (i >= 0 && keyAt(node, i) === key) {
-        const old = valueAt(node, i);
-        if (vt.dec && !(vt.equal ? vt.equal(old, value) : old.equals(value))) vt.dec(Buffer.from(old));
-        setValue(node, i, value);
-        return { root: top.block, inserted: false };
-      }
-      insertAt(node, i + 1, key, value);
-      return { root: top.block, inserted: true };
-    }
+    if (isLeaf(node)) return { root: top.block, ...fillLeaf(node, keys, valueOf, from, low, high, vt) };
     if (i < 0) {
       setKey(node, 0, key);
       i = 0;
     }
+    low = keyAt(node, i);
+    if (i + 1 < nrEntries(node)) high = Math.min(high, keyAt(node, i + 1));
     const child = await shadowNode(tm, value64(node, i), vt);
     setValue64(node, i, child.block);
     parent = node;
     pi = i;
     node = child.buf;
   }
+}
+
+/** insertRun in the leaf reached: entries from `from` while their keys are in [low, high) and fit. */
+function fillLeaf(
+  leaf: Buffer, keys: readonly number[], valueOf: (i: number) => Buffer, from: number, low: number, high: number, vt: ValueType,
+): { taken: number; inserted: number } {
+  let k = from;
+  let inserted = 0;
+  for (; k < keys.length; k++) {
+    const key = keys[k]!;
+    // (the first key led here, and the descent made room for it)
+    if (k > from && (key < low || key >= high)) break;
+    const i = lowerBound(leaf, key);
+    if (i >= 0 && keyAt(leaf, i) === key) {
+      const value = valueOf(k);
+      const old = valueAt(leaf, i);
+      if (vt.dec && !(vt.equal ? vt.equal(old, value) : old.equals(value))) vt.dec(Buffer.from(old));
+      setValue(leaf, i, value);
+    } else {
+      if (nrEntries(leaf) === maxEntries(leaf)) break;
+      insertAt(leaf, i + 1, key, valueOf(k));
+      inserted++;
+    }
+  }
+  return { taken: k - from, inserted };
 }
 
 /**

@@ -7,7 +7,7 @@ export { packBlockTime, unpackBlockTime, type DeviceDetails, type Mapping };
 import { isZeroBlock, packSuperblock, unpackSuperblock, type SmRoot, type Superblock } from './format/superblock.js';
 import { readU64, writeU64 } from './format/int.js';
 import { packBlockTime, packDetails, unpackBlockTime, unpackDetails, type DeviceDetails, type Mapping } from './format/mapping.js';
-import { deleteTree, emptyTree, insert, lastKey, lookup, remove, updateValue, walkRange, type ValueType } from './btree.js';
+import { deleteTree, emptyTree, insert, insertRun, lastKey, lookup, remove, updateValue, walkRange, type ValueType } from './btree.js';
 import {
   loadDataSpaceMap, loadMetadataSpaceMap, newSmLocation, storeDataSpaceMap, storeMetadataSpaceMap, type SmLocation,
 } from './space-map-disk.js';
@@ -287,21 +287,36 @@ export class ThinMetadata {
 
   /** Map `vblock` of `dev` to `block` (which the caller allocated; the mapping owns that reference). */
   async insertMapping(dev: number, vblock: number, block: number): Promise<void> {
+    await this.insertMappings(dev, [vblock], [block], 0, false);
+  }
+
+  /**
+   * Map `vblocks[i]` of `dev` to `blocks[i]` from `from` on, in order, as far as one descent of
+   * the device's tree takes them (b-tree insertRun: neighbouring virtual blocks share a leaf);
+   * returns how many were mapped (at least one). With `claim`, the blocks are leased ones
+   * (Pool.leaseDataBlocks), each taken into use as it is mapped; otherwise the caller allocated
+   * them. A virtual block mapped twice ends mapped to the later block.
+   */
+  async insertMappings(dev: number, vblocks: readonly number[], blocks: readonly number[], from: number, claim: boolean): Promise<number> {
     const d = this.deviceDetails(dev);
-    const value = packBlockTime(block, this.sb.time);
-    let inserted = false;
+    const time = this.sb.time;
+    const valueOf = (i: number): Buffer => {
+      if (claim) this.dataSm.claim(blocks[i]!);
+      return packBlockTime(blocks[i]!, time);
+    };
+    let run = { root: 0, taken: 0, inserted: 0 };
     const root = await updateValue(this.tm, this.sb.dataMappingRoot, dev, this.topVt, async (old) => {
-      const r = await insert(this.tm, readU64(old, 0), vblock, value, this.dataVt);
-      inserted = r.inserted;
-      return u64(r.root);
+      run = await insertRun(this.tm, readU64(old, 0), vblocks, valueOf, from, this.dataVt);
+      return u64(run.root);
     });
     if (root === null) throw strataError('DEVICE_NOT_FOUND', `thin device ${dev} has no mapping tree`, { id: String(dev) });
     this.sb.dataMappingRoot = root;
-    if (inserted) {
-      d.mappedBlocks++;
+    if (run.inserted > 0) {
+      d.mappedBlocks += run.inserted;
       this.dirtyDetails.add(dev);
     }
     this.touch();
+    return run.taken;
   }
 
   /** Unmap `vblock`; the data block's count drops (freed at zero). Returns whether it was mapped. */

@@ -483,32 +483,30 @@ export class ThinDevice {
   }
 
   /**
-   * Map `blocks` (data blocks leased by Pool.leaseDataBlocks, which already hold the data) as
-   * virtual blocks `first`, `first + 1`, …: the end of a write made outside the pool, by a thread
+   * Map virtual block `vblocks[i]` to `blocks[i]` (data blocks leased by Pool.leaseDataBlocks,
+   * which already hold the data), in order: the end of writes made outside the pool, by a thread
    * that wrote whole blocks into leased ones and answered at once. A block mapped before is
-   * replaced (its old block released, as a write that breaks sharing would); blocks not adopted
-   * (the device closed, a failure) go back to the pool.
+   * replaced (its old block released, as a write that breaks sharing would), also by a later
+   * entry of the same call; blocks not adopted (the device closed, a failure) go back to the pool.
    */
-  async adopt(first: number, blocks: readonly number[]): Promise<void> {
+  async adopt(vblocks: readonly number[], blocks: readonly number[]): Promise<void> {
     const pool = this.pool;
     const md = pool.md;
     await pool.locked(async () => {
       let done = 0;
       try {
         if (this.closed) throw strataError('DEVICE_NOT_FOUND', `thin device ${this.id} is closed`, { id: String(this.id) });
-        if ((first + blocks.length) * pool.blockBytes > this.size) {
-          throw strataError('OUT_OF_RANGE', `blocks ${first}+${blocks.length} are outside the ${this.size}-byte device`, { id: String(this.id) });
+        const outside = vblocks.find((vb) => (vb + 1) * pool.blockBytes > this.size);
+        if (outside !== undefined) {
+          throw strataError('OUT_OF_RANGE', `block ${outside} is outside the ${this.size}-byte device`, { id: String(this.id) });
         }
         pool.assertWritable();
         pool.markDataDirty();
-        for (; done < blocks.length; done++) {
-          const block = blocks[done]!;
+        while (done < blocks.length) {
           md.ensureMetadataSpace();
-          await pool.mutate(async () => {
-            md.dataSm.claim(block);
-            await md.insertMapping(this.id, first + done, block);
-          });
-          this.adoptedBlocks++;
+          const mapped = await pool.mutate(() => md.insertMappings(this.id, vblocks, blocks, done, true));
+          done += mapped;
+          this.adoptedBlocks += mapped;
         }
       } finally {
         pool.returnLease(blocks.slice(done));

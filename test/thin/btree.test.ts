@@ -3,8 +3,8 @@ import assert from 'node:assert/strict';
 import { MemoryBlockDevice } from '../../src/thin/block-device.js';
 import { TransactionManager } from '../../src/thin/transaction-manager.js';
 import { SpaceMap } from '../../src/thin/space-map.js';
-import { deleteTree, emptyTree, insert, lookup, remove, walkNodes, walkRange, type ValueType } from '../../src/thin/btree.js';
-import { isLeaf, nrEntries, maxEntries } from '../../src/thin/format/node.js';
+import { deleteTree, emptyTree, insert, insertRun, lookup, remove, walkNodes, walkRange, type ValueType } from '../../src/thin/btree.js';
+import { isLeaf, keyAt, nrEntries, maxEntries, value64 } from '../../src/thin/format/node.js';
 import { rng } from './helpers.js';
 
 function memTm(blocks = 8192): TransactionManager {
@@ -163,4 +163,76 @@ test('btree: a shared tree is copied on write; deleting both copies frees everyt
   await deleteTree(tm, b, (v) => vt.dec!(v));
   assert.equal(refs.size, 0);
   assert.equal(tm.sm.nrAllocated, 1);
+});
+
+/** Every key of every node in order and inside the range its parent's keys give it. */
+async function assertKeysInBounds(tm: TransactionManager, root: number): Promise<void> {
+  const visit = async (b: number, lo: number, hi: number): Promise<void> => {
+    const n = await tm.read(b, 'node');
+    const nr = nrEntries(n);
+    for (let i = 0; i < nr; i++) {
+      const k = keyAt(n, i);
+      assert.ok(k >= lo && k < hi, `key ${k} of node ${b} outside [${lo}, ${hi})`);
+      if (i > 0) assert.ok(k > keyAt(n, i - 1), `keys of node ${b} out of order`);
+    }
+    if (!isLeaf(n)) for (let i = 0; i < nr; i++) await visit(value64(n, i), keyAt(n, i), i + 1 < nr ? keyAt(n, i + 1) : hi);
+  };
+  await visit(root, -Infinity, Infinity);
+}
+
+test('btree: runs of keys go in one descent per leaf, in order; every key ends as last written, in bounds', async () => {
+  const r = rng(11);
+  const batches: Array<[string, number[]]> = [];
+  batches.push(['appends', Array.from({ length: 3000 }, (_, k) => k)]);
+  const streams: number[] = [];
+  for (let i = 0; i < 1500; i++) streams.push(i * 4, i * 4 + 1, 200_000 + i * 4, 200_000 + i * 4 + 1);
+  batches.push(['two interleaved streams of runs', streams]);
+  batches.push(['descending (each new key below all others)', Array.from({ length: 1500 }, (_, k) => 5000 - k)]);
+  batches.push(['random, with repeats', Array.from({ length: 4000 }, () => Math.floor(r() * 3000))]);
+  for (const [name, keys] of batches) {
+    for (const shared of [false, true]) {
+      const tm = memTm();
+      const refs = new Map<number, number>();
+      const vt = counted(refs);
+      let root = await emptyTree(tm, vt);
+      // a tree holding some keys already, shared with a snapshot when `shared`
+      const existing = Array.from({ length: 857 }, (_, j) => 1 + 7 * j);
+      for (const k of existing) {
+        refs.set(1e6 + k, 1);
+        root = (await insert(tm, root, k, val(1e6 + k), vt)).root;
+      }
+      if (shared) tm.inc(root);
+      const before = root;
+      const model = new Map(existing.map((k) => [k, 1e6 + k]));
+      let descents = 0;
+      let newKeys = 0;
+      for (let at = 0; at < keys.length;) {
+        const run = await insertRun(tm, root, keys, (i) => {
+          refs.set(i + 1, 1);
+          return val(i + 1);
+        }, at, vt);
+        assert.ok(run.taken >= 1);
+        root = run.root;
+        at += run.taken;
+        newKeys += run.inserted;
+        descents++;
+      }
+      for (let i = 0; i < keys.length; i++) {
+        if (!model.has(keys[i]!)) newKeys--;
+        model.set(keys[i]!, i + 1);
+      }
+      assert.equal(newKeys, 0, `${name}: the new keys were counted`);
+      await assertKeysInBounds(tm, root);
+      for (const [k, v] of model) assert.equal((await lookup(tm, root, k))!.readUInt32LE(0), v, `${name}: key ${k}`);
+      const walked: number[] = [];
+      await walkRange(tm, root, 0, Infinity, (k) => void walked.push(k));
+      assert.deepEqual(walked, [...model.keys()].sort((a, b) => a - b));
+      const live = new Set([...model.values(), ...(shared ? existing.map((k) => 1e6 + k) : [])]);
+      assert.equal(refs.size, live.size, `${name}: what was overwritten was released (unless the snapshot still holds it)`);
+      if (name === 'appends') assert.ok(descents < keys.length / 50, `${name}: ${descents} descents for ${keys.length} keys`);
+      if (shared) for (const k of existing) assert.equal((await lookup(tm, before, k))!.readUInt32LE(0), 1e6 + k);
+      const s = await shape(tm, root);
+      assert.ok(s.minFill >= 1 / 3, `${name}: a node is ${(s.minFill * 100).toFixed(0)}% full`);
+    }
+  }
 });

@@ -43,7 +43,7 @@ test('leased blocks written by hand and adopted read back, survive a commit and 
   const payload = pattern(3 * BLOCK, 7);
   for (let i = 0; i < 3; i++) await data.write(payload.subarray(i * BLOCK, (i + 1) * BLOCK), lease[i]! * BLOCK);
   await dev.write(pattern(BLOCK, 1), 9 * BLOCK); // an ordinary write meanwhile gets another block
-  await dev.adopt(2, lease.slice(0, 3));
+  await dev.adopt([2, 3, 4], lease.slice(0, 3));
   pool.returnLease(lease.slice(3));
   const back = Buffer.alloc(3 * BLOCK);
   await dev.read(back, 2 * BLOCK);
@@ -60,6 +60,34 @@ test('leased blocks written by hand and adopted read back, survive a commit and 
   await again.close();
 });
 
+test('one adopt maps runs of two writers interleaved, across leaves, and a block written twice ends as written last', async () => {
+  const { pool, data } = await memPool({ dataBytes: 2700 * BLOCK, metaBytes: 8 << 20 });
+  await pool.message('create_thin 0');
+  const dev = await pool.openThin(0, 2048 * BLOCK);
+  // two connections' 4-block writes as they are taken in (A at 0, 8, 16, …; B at 1024, 1032, …;
+  // 320 blocks each: more than a leaf holds), and block 5 written again at the end
+  const vblocks: number[] = [];
+  for (let w = 0; w < 80; w++) for (const base of [w * 8, 1024 + w * 8]) vblocks.push(base, base + 1, base + 2, base + 3);
+  vblocks.push(5);
+  const blocks = pool.leaseDataBlocks(vblocks.length);
+  assert.equal(blocks.length, vblocks.length);
+  for (let i = 0; i < blocks.length; i++) await data.write(pattern(BLOCK, i + 1), blocks[i]! * BLOCK);
+  await dev.adopt(vblocks, blocks);
+  assert.equal(dev.adoptedBlocks, vblocks.length);
+  const last = new Map<number, number>();
+  vblocks.forEach((vb, i) => last.set(vb, i + 1));
+  const got = Buffer.alloc(BLOCK);
+  for (const [vb, seed] of last) {
+    await dev.read(got, vb * BLOCK);
+    assert.ok(got.equals(pattern(BLOCK, seed)), `block ${vb}`);
+  }
+  // the block first written at 5 was released; the rest are mapped once each
+  assert.equal((await pool.status()).usedDataBlocks, last.size);
+  await pool.commit();
+  assert.deepEqual((await checkMetadata(pool.md)).issues, []);
+  await pool.close();
+});
+
 test('adopting over a block shared with a snapshot maps the new one and leaves the snapshot its own', async () => {
   const { pool, data } = await memPool();
   await pool.message('create_thin 0');
@@ -71,7 +99,7 @@ test('adopting over a block shared with a snapshot maps the new one and leaves t
   origin.resume();
   const [leased] = pool.leaseDataBlocks(1);
   await data.write(pattern(BLOCK, 2), leased! * BLOCK);
-  await origin.adopt(0, [leased!]);
+  await origin.adopt([0], [leased!]);
   const snap = await pool.openThin(1, 1 << 20);
   const a = Buffer.alloc(2 * BLOCK);
   const b = Buffer.alloc(2 * BLOCK);
@@ -86,7 +114,7 @@ test('adopting over a block shared with a snapshot maps the new one and leaves t
   // and over a block only the origin maps: the old one is freed, nothing leaks
   const [again] = pool.leaseDataBlocks(1);
   await data.write(pattern(BLOCK, 3), again! * BLOCK);
-  await origin.adopt(0, [again!]);
+  await origin.adopt([0], [again!]);
   await pool.commit();
   assert.equal((await pool.status()).usedDataBlocks, 3);
   assert.deepEqual((await checkMetadata(pool.md)).issues, []);
@@ -101,7 +129,7 @@ test('no lease near the low-water mark; a closed device adopts nothing and the b
   assert.equal(pool.leaseDataBlocks(4).length, 4);
   const more = pool.leaseDataBlocks(2);
   await dev.close();
-  await assert.rejects(dev.adopt(0, more), /closed/);
+  await assert.rejects(dev.adopt([0, 1], more), /closed/);
   assert.equal(pool.md.dataSm.nrReserved, 4);
   await pool.close();
 });
