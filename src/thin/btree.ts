@@ -112,12 +112,12 @@ export async function insert(
 /**
  * Insert or overwrite the entries `keys[from]`, `keys[from + 1]`, … in order, for as long as
  * they belong in the leaf the first one reaches and it has room: one descent (shadowing and
- * splitting as `insert` does) for a run of neighbouring keys, not one each. `valueOf(i)` is
+ * splitting as `insert` does) for a run of neighbouring keys, not one each. `valueFor(i)` is
  * called once for each entry taken, just before it goes in. Returns the new root, how many
  * entries were taken (at least one) and how many of them were new keys.
  */
 export async function insertRun(
-  tm: TransactionManager, root: number, keys: readonly number[], valueOf: (i: number) => Buffer, from: number, vt: ValueType,
+  tm: TransactionManager, root: number, keys: readonly number[], valueFor: (i: number) => Buffer, from: number, vt: ValueType,
 ): Promise<{ root: number; taken: number; inserted: number }> {
   const key = keys[from]!;
   const top = await shadowNode(tm, root, vt);
@@ -138,7 +138,7 @@ export async function insertRun(
       }
     }
     let i = lowerBound(node, key);
-    if (isLeaf(node)) return { root: top.block, ...fillLeaf(node, keys, valueOf, from, low, high, vt) };
+    if (isLeaf(node)) return { root: top.block, ...fillLeaf(node, keys, valueFor, from, low, high, vt) };
     if (i < 0) {
       setKey(node, 0, key);
       i = 0;
@@ -155,7 +155,7 @@ export async function insertRun(
 
 /** insertRun in the leaf reached: entries from `from` while their keys are in [low, high) and fit. */
 function fillLeaf(
-  leaf: Buffer, keys: readonly number[], valueOf: (i: number) => Buffer, from: number, low: number, high: number, vt: ValueType,
+  leaf: Buffer, keys: readonly number[], valueFor: (i: number) => Buffer, from: number, low: number, high: number, vt: ValueType,
 ): { taken: number; inserted: number } {
   let k = from;
   let inserted = 0;
@@ -165,13 +165,13 @@ function fillLeaf(
     if (k > from && (key < low || key >= high)) break;
     const i = lowerBound(leaf, key);
     if (i >= 0 && keyAt(leaf, i) === key) {
-      const value = valueOf(k);
+      const value = valueFor(k);
       const old = valueAt(leaf, i);
       if (vt.dec && !(vt.equal ? vt.equal(old, value) : old.equals(value))) vt.dec(Buffer.from(old));
       setValue(leaf, i, value);
     } else {
       if (nrEntries(leaf) === maxEntries(leaf)) break;
-      insertAt(leaf, i + 1, key, valueOf(k));
+      insertAt(leaf, i + 1, key, valueFor(k));
       inserted++;
     }
   }

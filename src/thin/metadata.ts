@@ -300,13 +300,13 @@ export class ThinMetadata {
   async insertMappings(dev: number, vblocks: readonly number[], blocks: readonly number[], from: number, claim: boolean): Promise<number> {
     const d = this.deviceDetails(dev);
     const time = this.sb.time;
-    const valueOf = (i: number): Buffer => {
+    const valueFor = (i: number): Buffer => {
       if (claim) this.dataSm.claim(blocks[i]!);
       return packBlockTime(blocks[i]!, time);
     };
     let run = { root: 0, taken: 0, inserted: 0 };
     const root = await updateValue(this.tm, this.sb.dataMappingRoot, dev, this.topVt, async (old) => {
-      run = await insertRun(this.tm, readU64(old, 0), vblocks, valueOf, from, this.dataVt);
+      run = await insertRun(this.tm, readU64(old, 0), vblocks, valueFor, from, this.dataVt);
       return u64(run.root);
     });
     if (root === null) throw strataError('DEVICE_NOT_FOUND', `thin device ${dev} has no mapping tree`, { id: String(dev) });
