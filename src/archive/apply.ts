@@ -507,6 +507,11 @@ function mapError(err: unknown, name?: string): unknown {
 
 /** An entry's data copied into `into` (exactly its size). */
 async function readInto(entry: TarEntry, into: Buffer): Promise<Buffer> {
+  const whole = entry.dataAtHand();
+  if (whole) {
+    whole.copy(into);
+    return into;
+  }
   let at = 0;
   for await (const chunk of entry.chunks()) at += chunk.copy(into, at);
   return into;

@@ -180,6 +180,30 @@ describe('reader basics', () => {
     }
     assert.deepEqual(names, ['a', 'b']);
   });
+  it('gives data at hand when it lies in one chunk received, else null and the chunks as usual', async () => {
+    const tar = buildTar([
+      { header: { name: 'empty' }, data: '' },
+      { header: { name: 'small' }, data: 'S'.repeat(700) },
+      { header: { name: 'spans' }, data: 'P'.repeat(5000) },
+      { header: { name: 'after' }, data: 'after' },
+    ]);
+    // chunks of 6 KiB: "spans" starts in the first and ends in the second, which holds "after" whole
+    const pieces = [];
+    for (let i = 0; i < tar.length; i += 6144) pieces.push(tar.subarray(i, i + 6144));
+    const got: string[] = [];
+    for await (const e of readTar(Readable.from(pieces))) {
+      const whole = e.dataAtHand();
+      if (whole) {
+        got.push(`${e.header.name}: at hand ${whole.toString()}`);
+        await assert.rejects(e.chunks().next(), /already being read/);
+        continue;
+      }
+      let s = '';
+      for await (const c of e.chunks()) s += c.toString();
+      got.push(`${e.header.name}: read ${s}`);
+    }
+    assert.deepEqual(got, ['empty: at hand ', `small: at hand ${'S'.repeat(700)}`, `spans: read ${'P'.repeat(5000)}`, 'after: at hand after']);
+  });
 });
 
 describe('Go JSON and tar-split records', () => {

@@ -33,6 +33,11 @@ export interface TarEntry {
   chunks(): AsyncGenerator<Buffer, void, undefined>;
   /** All the data in one buffer (for small entries: it is held in memory). */
   readAll(): Promise<Buffer>;
+  /**
+   * All the data, if it has been received and lies in one chunk: a view, valid until the next call
+   * into the reader (as a chunk from `chunks()` is). Else null, and nothing is taken.
+   */
+  dataAtHand(): Buffer | null;
 }
 
 export interface ReadTarOptions {
@@ -95,6 +100,12 @@ class ByteSource {
     this.consumed = [];
   }
 
+  /** Whether `n` bytes are buffered already (`need` without waiting: no await when they are). */
+  has(n: number): boolean {
+    this.releaseConsumed();
+    return this.length >= n;
+  }
+
   /** Ensure `n` bytes are buffered; false if the input ends first. */
   async need(n: number): Promise<boolean> {
     this.releaseConsumed();
@@ -135,6 +146,11 @@ class ByteSource {
    */
   view(n: number): Buffer {
     return this.chunks[this.head]!.length >= n ? this.takeSome(n) : this.take(n);
+  }
+
+  /** Whether the first buffered chunk holds `n` bytes (so `takeSome(n)` gives them all). */
+  firstChunkHolds(n: number): boolean {
+    return this.length > 0 && this.chunks[this.head]!.length >= n;
   }
 
   /** Drop n buffered bytes. */
@@ -197,6 +213,21 @@ class Entry implements TarEntry {
     const piece = this.src.takeSome(this.remaining);
     this.remaining -= piece.length;
     return piece;
+  }
+
+  dataAtHand(): Buffer | null {
+    if (this.reading) throw strataError('INTERNAL', 'tar entry data is already being read');
+    const piece = this.remaining === 0 ? Buffer.alloc(0) : this.src.firstChunkHolds(this.remaining) ? this.src.takeSome(this.remaining) : null;
+    if (piece) {
+      this.reading = true;
+      this.remaining = 0;
+    }
+    return piece;
+  }
+
+  /** Whether `finish` has anything left to do (skip data nobody read). */
+  get unfinished(): boolean {
+    return this.remaining > 0 || this.bodyStream !== null;
   }
 
   async *chunks(): AsyncGenerator<Buffer, void, undefined> {
@@ -380,7 +411,7 @@ export async function* readTar(
       raw = [];
       if (pad > 0) {
         // Go treats missing padding at the very end as a clean end of input
-        const ok = await src.need(pad);
+        const ok = src.has(pad) || await src.need(pad);
         if (!ok) {
           raw.push(src.takeAll());
           await opts.onEnd?.(Buffer.concat(raw));
@@ -395,7 +426,7 @@ export async function* readTar(
       let longLink: Buffer | null = null;
       let metaCount = 0;
       for (;;) {
-        if (!(await src.need(BLOCK))) {
+        if (!src.has(BLOCK) && !(await src.need(BLOCK))) {
           const rest = src.takeAll();
           if (rest.length > 0) throw truncated('a header block', { bytes: rest.length });
           if (metaCount > 0) throw truncated('the metadata headers of an entry');
@@ -460,7 +491,7 @@ export async function* readTar(
         const dataSize = isHeaderOnlyType(header.typeflag) ? 0 : header.size;
         const entry = new Entry(src, header, keepRaw ? Buffer.concat(raw) : undefined, dataSize);
         yield entry;
-        await entry.finish();
+        if (entry.unfinished) await entry.finish();
         pad = blockPadding(dataSize);
         break;
       }
