@@ -44,7 +44,9 @@ const pollCall = libcBinding((lib) => lib.func('int poll(void *fds, unsigned lon
  * half being filled is nearly full and nothing in the other is needed any more, the bytes not
  * yet parsed (part of one request) move to the start of the other, which is filled next.
  * (Moving back everything still queued instead copied a third of all bytes received, from
- * memory long out of cache.)
+ * memory long out of cache.) Reads stop `reserve` short of a half's end but for the request in
+ * hand, so that, once it is done with and nothing else is, the half is filled again from its
+ * start with nothing to move (V8 copies shared memory slowly: moves cost ~5% of a thread's time).
  */
 class ReceiveBuffer {
   readonly buf: Buffer;
@@ -57,6 +59,8 @@ class ReceiveBuffer {
   start = 0;
   /** The end of what was received. */
   end: number;
+  /** Bytes the request begun at `start` still needs (0 when none is begun). */
+  inHandNeeds = 0;
 
   constructor(shared: SharedArrayBuffer, leftover: Uint8Array, private readonly fd: number) {
     this.buf = Buffer.from(shared);
@@ -78,7 +82,8 @@ class ReceiveBuffer {
       return;
     }
     const other = this.half - this.base;
-    if (this.room >= this.reserve || live.some((at) => at >= other && at < other + this.half)) return;
+    const inHandFits = this.inHandNeeds > 0 && this.inHandNeeds <= this.room;
+    if (this.room >= this.reserve || inHandFits || live.some((at) => at >= other && at < other + this.half)) return;
     // (at the same alignment: V8 copies shared memory byte by byte otherwise, 8x slower)
     const to = other + (this.start % 8);
     this.buf.copyWithin(to, this.start, this.end);
@@ -92,13 +97,18 @@ class ReceiveBuffer {
    * comes. false once the peer has gone.
    */
   receive(wait: boolean): boolean {
-    let want = this.room;
+    // a half is filled to `reserve` from its end, then only the request in hand is completed (it
+    // fits: no request is larger); once nothing in it is needed, `release` starts it again
+    let want = this.room > this.reserve ? this.room - this.reserve : Math.min(this.room, this.inHandNeeds);
+    // (requests still queued kept the half, and the other one too: take what room there is)
+    if (want === 0 && wait && this.inHandNeeds === 0) want = this.room;
     if (!wait) want = Math.min(want, bytesWaiting()?.(this.fd) ?? 0);
     while (want > 0) {
       try {
         const n = readSync(this.fd, this.buf, this.end, want, null);
         if (n === 0) return false;
         this.end += n;
+        this.inHandNeeds = Math.max(0, this.inHandNeeds - n); // (until the next parse says)
         return true;
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code !== 'EINTR') return false;
@@ -226,6 +236,7 @@ export class PlannedConnection {
    */
   private parse(): void {
     const { input } = this;
+    input.inHandNeeds = 0;
     while (this.stop === undefined && input.end - input.start >= REQUEST_HEADER_LENGTH) {
       const headerAt = input.start;
       let req: Request;
@@ -248,9 +259,11 @@ export class PlannedConnection {
         if (!plannable || checkRequest(req, this.job.ctx) !== 0) this.alone.push(r);
         else if (req.type !== CMD.WRITE || !this.leased?.write(req, this.payloadOf(r)!)) this.queued.push(r);
       } else {
+        input.inHandNeeds = headerAt + REQUEST_HEADER_LENGTH + payload - input.end;
         return;
       }
     }
+    if (this.stop === undefined && input.end > input.start) input.inHandNeeds = REQUEST_HEADER_LENGTH - (input.end - input.start);
   }
 
   /** Post the queued requests for planning (nothing of the buffer is in use by the main thread). */

@@ -438,3 +438,45 @@ test('thin export on threads: whole-block writes rewriting the same blocks, pipe
     await close(thinCheckClean);
   }
 });
+
+test('thin export on threads: pipelined writes of every size, from a byte to past the receive buffer, cycle its halves and read back as written', async () => {
+  const { dev, server, sock, close } = await servePool(true);
+  try {
+    const c = await attachWithMeta(sock, 't');
+    await until(() => server.threadedCount === 1);
+    const model = Buffer.alloc(SIZE);
+    // (2 MiB less a header is the largest a receive-buffer half takes; larger ones are handed over)
+    const sizes = [1, 27, 28, 4 * KiB, BLOCK, 4 * BLOCK, 4 * BLOCK + 7, MiB, 2 * MiB - 28, 2 * MiB, 3 * MiB];
+    let x = 7;
+    const rnd = (n: number): number => {
+      x = (x * 1103515245 + 12345) >>> 0;
+      return Math.floor((x / 4294967296) * n);
+    };
+    let cookie = 0n;
+    let written = 0;
+    for (let burst = 0; written < 96 * MiB; burst++) {
+      const n = 1 + rnd(8);
+      for (let i = 0; i < n; i++) {
+        const len = sizes[rnd(sizes.length)]!;
+        // whole blocks aligned half the time (the leased way), anywhere otherwise
+        const off = rnd(2) === 0 ? rnd((SIZE - len) / BLOCK) * BLOCK : rnd(SIZE - len);
+        const data = randomBytes(len);
+        data.copy(model, off);
+        c.sendRequest(CMD.WRITE, 0, ++cookie, off, len, data);
+        written += len;
+      }
+      assert.ok((await inCookieOrder(c, n)).every((r) => r.error === 0), `burst ${burst}`);
+      if (burst % 16 === 15) {
+        const off = rnd(SIZE - MiB);
+        assert.ok((await readChunkData(c, ++cookie, off, MiB)).equals(model.subarray(off, off + MiB)), `burst ${burst}: 1 MiB at ${off}`);
+      }
+    }
+    for (let off = 0; off < SIZE; off += 4 * MiB) {
+      assert.ok((await readChunkData(c, ++cookie, off, 4 * MiB)).equals(model.subarray(off, off + 4 * MiB)), `4 MiB at ${off} at the end`);
+    }
+    assert.ok(dev.adoptedBlocks > 0, 'some went into leased blocks');
+    c.close();
+  } finally {
+    await close(thinCheckClean);
+  }
+});
