@@ -13,6 +13,7 @@ import {
 import { goJsonString } from '../../src/archive/go-json.js';
 import { formatPaxRecord } from '../../src/archive/tar/pax.js';
 import { parseNumeric } from '../../src/archive/tar/header.js';
+import { bufferStream } from './helpers.js';
 
 function code(fn: () => unknown): string {
   try {
@@ -167,10 +168,8 @@ describe('reader basics', () => {
       { header: { name: 'a' }, data: 'A'.repeat(3000) },
       { header: { name: 'b' }, data: 'bbb' },
     ]);
-    const pieces = [];
-    for (let i = 0; i < tar.length; i += 100) pieces.push(tar.subarray(i, i + 100));
     const names: string[] = [];
-    for await (const e of readTar(Readable.from(pieces))) {
+    for await (const e of readTar(bufferStream(tar, 100))) {
       names.push(e.header.name);
       if (e.header.name === 'b') {
         let s = '';
@@ -188,10 +187,8 @@ describe('reader basics', () => {
       { header: { name: 'after' }, data: 'after' },
     ]);
     // chunks of 6 KiB: "spans" starts in the first and ends in the second, which holds "after" whole
-    const pieces = [];
-    for (let i = 0; i < tar.length; i += 6144) pieces.push(tar.subarray(i, i + 6144));
     const got: string[] = [];
-    for await (const e of readTar(Readable.from(pieces))) {
+    for await (const e of readTar(bufferStream(tar, 6144))) {
       const whole = e.dataAtHand();
       if (whole) {
         got.push(`${e.header.name}: at hand ${whole.toString()}`);

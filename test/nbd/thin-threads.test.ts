@@ -14,7 +14,7 @@ import { CMD, CMD_FLAG, NBD_ERR } from '../../src/nbd/protocol.js';
 import { Pool } from '../../src/thin/pool.js';
 import type { ThinDevice } from '../../src/thin/thin-device.js';
 import { type RawClient, attach, attachWithMeta, handedOverAndRefused, inCookieOrder, sameOnThreadsAndLoop, tempDir, until } from './helpers.js';
-import { thinTools, tool } from '../thin/helpers.js';
+import { rng, thinTools, tool } from '../thin/helpers.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -447,11 +447,8 @@ test('thin export on threads: pipelined writes of every size, from a byte to pas
     const model = Buffer.alloc(SIZE);
     // (2 MiB less a header is the largest a receive-buffer half takes; larger ones are handed over)
     const sizes = [1, 27, 28, 4 * KiB, BLOCK, 4 * BLOCK, 4 * BLOCK + 7, MiB, 2 * MiB - 28, 2 * MiB, 3 * MiB];
-    let x = 7;
-    const rnd = (n: number): number => {
-      x = (x * 1103515245 + 12345) >>> 0;
-      return Math.floor((x / 4294967296) * n);
-    };
+    const random = rng(7);
+    const rnd = (n: number): number => Math.floor(random() * n);
     let cookie = 0n;
     let written = 0;
     for (let burst = 0; written < 96 * MiB; burst++) {
