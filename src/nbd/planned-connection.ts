@@ -26,11 +26,10 @@ const POLLIN = 1;
 
 /** Bytes the socket has received and not yet given us (0 where this cannot be asked). */
 const bytesWaiting = libcBinding((lib) => {
-  const ioctl = lib.func('int ioctl(int fd, unsigned long request, _Out_ int *count)') as (fd: number, request: number, count: number[]) => number;
-  return (fd: number): number => {
-    const count = [0];
-    return ioctl(fd, FIONREAD, count) === 0 ? count[0]! : 0;
-  };
+  // (into a typed array: koffi fills an `_Out_ int *` array slower, and the array is garbage)
+  const ioctl = lib.func('int ioctl(int fd, unsigned long request, void *count)') as (fd: number, request: number, count: Int32Array) => number;
+  const count = new Int32Array(1);
+  return (fd: number): number => (ioctl(fd, FIONREAD, count) === 0 ? count[0]! : 0);
 });
 
 /** poll(2) over `struct pollfd` entries laid out in a buffer (8 bytes each). */

@@ -64,24 +64,38 @@ export class ReportRing {
     return true;
   }
 
-  /** Event-loop side: every record published so far, in order (their slots freed first). */
-  takeAll(written: (first: number, blocks: number[]) => void, unused: (blocks: number[]) => void): void {
+  /**
+   * Event-loop side: everything published so far, in order and flat: each block of the runs
+   * written beside its virtual block, and the blocks given back. Their slots are free once this
+   * returns.
+   */
+  takeAll(): Taken {
     const { slots, mask } = this;
     const head = Atomics.load(this.counters, HEAD) >>> 0;
     let tail = Atomics.load(this.counters, TAIL) >>> 0;
-    const records: Array<[number, number[]]> = [];
+    const taken: Taken = { vblocks: [], blocks: [], unused: [] };
     while (tail !== head) {
       const first = slots[tail & mask]!;
       const n = slots[(tail + 1) & mask]!;
-      const blocks = new Array<number>(n);
-      for (let i = 0; i < n; i++) blocks[i] = slots[(tail + 2 + i) & mask]!;
+      for (let i = 0; i < n; i++) {
+        const block = slots[(tail + 2 + i) & mask]!;
+        if (first === UNUSED) {
+          taken.unused.push(block);
+        } else {
+          taken.vblocks.push(first + i);
+          taken.blocks.push(block);
+        }
+      }
       tail = (tail + 2 + n) >>> 0;
-      records.push([first, blocks]);
     }
     Atomics.store(this.counters, TAIL, tail | 0);
-    for (const [first, blocks] of records) {
-      if (first === UNUSED) unused(blocks);
-      else written(first, blocks);
-    }
+    return taken;
   }
+}
+
+/** What ReportRing.takeAll gives: `blocks[i]` was written at virtual block `vblocks[i]`. */
+export interface Taken {
+  vblocks: number[];
+  blocks: number[];
+  unused: number[];
 }

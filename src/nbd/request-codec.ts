@@ -13,6 +13,8 @@ import type { NbdExtent } from './nbd-export.js';
 export const REQUEST_HEADER_LENGTH = 28;
 export const SIMPLE_REPLY_LENGTH = 16;
 export const CHUNK_HEADER_LENGTH = 20;
+/** The high 32 bits of Number.MAX_SAFE_INTEGER (2^53 - 1). */
+const MAX_SAFE_HIGH_WORD = 0x1fffff;
 
 export interface Request {
   flags: number;
@@ -30,13 +32,14 @@ export function decodeRequest(buf: Buffer): Request {
   if (buf.length !== REQUEST_HEADER_LENGTH || buf.readUInt32BE(0) !== REQUEST_MAGIC) {
     throw strataError('PROTOCOL_ERROR', 'bad request magic');
   }
-  const rawOffset = buf.readBigUInt64BE(16);
-  const offsetOverflow = rawOffset > BigInt(Number.MAX_SAFE_INTEGER);
+  // (as two halves: a BigInt per request is garbage the connection threads would collect)
+  const offsetHigh = buf.readUInt32BE(16);
+  const offsetOverflow = offsetHigh > MAX_SAFE_HIGH_WORD;
   return {
     flags: buf.readUInt16BE(4),
     type: buf.readUInt16BE(6),
     cookie: buf.readBigUInt64BE(8),
-    offset: offsetOverflow ? Number.MAX_SAFE_INTEGER : Number(rawOffset),
+    offset: offsetOverflow ? Number.MAX_SAFE_INTEGER : offsetHigh * 2 ** 32 + buf.readUInt32BE(20),
     offsetOverflow,
     length: buf.readUInt32BE(24),
   };
@@ -54,8 +57,12 @@ export function encodeRequest(type: number, flags: number, cookie: bigint, offse
   return buf;
 }
 
+// The replies every READ and WRITE gets are cut from Node's shared pool (allocUnsafe; each of
+// their bytes is written): an ArrayBuffer of their own per request kept a connection thread's
+// garbage collector busy.
+
 export function encodeSimpleReply(cookie: bigint, error: number): Buffer {
-  const buf = Buffer.alloc(SIMPLE_REPLY_LENGTH);
+  const buf = Buffer.allocUnsafe(SIMPLE_REPLY_LENGTH);
   buf.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0);
   buf.writeUInt32BE(error, 4);
   buf.writeBigUInt64BE(cookie, 8);
@@ -72,9 +79,10 @@ function chunkHeader(buf: Buffer, done: boolean, type: number, cookie: bigint, p
 
 /** OFFSET_DATA chunk header plus the u64 offset; the data follows separately (no copy). */
 export function encodeDataChunkHeader(cookie: bigint, offset: number, dataLength: number, done: boolean): Buffer {
-  const buf = Buffer.alloc(CHUNK_HEADER_LENGTH + 8);
+  const buf = Buffer.allocUnsafe(CHUNK_HEADER_LENGTH + 8);
   chunkHeader(buf, done, REPLY_TYPE.OFFSET_DATA, cookie, 8 + dataLength);
-  buf.writeBigUInt64BE(BigInt(offset), CHUNK_HEADER_LENGTH);
+  buf.writeUInt32BE(Math.floor(offset / 2 ** 32), CHUNK_HEADER_LENGTH);
+  buf.writeUInt32BE(offset >>> 0, CHUNK_HEADER_LENGTH + 4);
   return buf;
 }
 

@@ -237,20 +237,12 @@ class Leases {
     try {
       while (receiveMessageOnPort(this.port)); // (asks for blocks: what they ask is done below)
       // every run taken in now, mapped in one go: runs of one connection often share leaves
-      const vblocks: number[] = [];
-      const written: number[] = [];
-      this.ring.takeAll((first, blocks) => {
-        for (let i = 0; i < blocks.length; i++) {
-          this.outstanding.delete(blocks[i]!);
-          vblocks.push(first + i);
-          written.push(blocks[i]!);
-        }
-      }, (blocks) => {
-        for (const b of blocks) this.outstanding.delete(b);
-        this.writes.returnLease(blocks);
-      });
+      const { vblocks, blocks, unused } = this.ring.takeAll();
+      for (const b of blocks) this.outstanding.delete(b);
+      for (const b of unused) this.outstanding.delete(b);
+      if (unused.length > 0) this.writes.returnLease(unused);
       // (a failure there turns the pool read-only, and every later request says so)
-      if (written.length > 0) void this.writes.adopt(vblocks, written).catch(() => undefined);
+      if (blocks.length > 0) void this.writes.adopt(vblocks, blocks).catch(() => undefined);
     } finally {
       this.draining = false;
     }

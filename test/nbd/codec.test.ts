@@ -77,6 +77,15 @@ test('request header round-trips; huge offsets are flagged, bad magic throws', (
   const r = decodeRequest(encodeRequest(CMD.WRITE, CMD_FLAG.FUA, 0xdeadbeefcafef00dn, 4096, 512));
   assert.deepEqual(r, { flags: 1, type: 1, cookie: 0xdeadbeefcafef00dn, offset: 4096, offsetOverflow: false, length: 512 });
   assert.equal(decodeRequest(encodeRequest(CMD.READ, 0, 1n, 2n ** 63n, 1)).offsetOverflow, true);
+  // offsets whose high half is set, either side of 2^53 (offsets decode from two 32-bit halves)
+  for (const offset of [2n ** 32n + 5n, 2n ** 52n + 2n ** 32n - 1n, 2n ** 53n - 1n]) {
+    assert.deepEqual(decodeRequest(encodeRequest(CMD.READ, 0, 1n, offset, 1)).offset, Number(offset));
+  }
+  for (const offset of [2n ** 53n, 2n ** 64n - 1n]) {
+    const d = decodeRequest(encodeRequest(CMD.READ, 0, 1n, offset, 1));
+    assert.equal(d.offsetOverflow, true, `${offset}`);
+    assert.equal(d.offset, Number.MAX_SAFE_INTEGER);
+  }
   const bad = encodeRequest(CMD.READ, 0, 1n, 0, 1);
   bad[0] = 0xff;
   assert.throws(() => decodeRequest(bad), (e) => isStrataError(e, 'PROTOCOL_ERROR'));
@@ -91,6 +100,7 @@ test('simple and structured replies', () => {
   assert.equal(d.readUInt16BE(6), 1);
   assert.equal(d.readUInt32BE(16), 108);
   assert.equal(d.readBigUInt64BE(20), 4096n);
+  assert.equal(encodeDataChunkHeader(9n, 2 ** 52 + 2 ** 32 + 7, 1, false).readBigUInt64BE(20), 2n ** 52n + 2n ** 32n + 7n);
   const e = encodeErrorChunk(9n, NBD_ERR.EINVAL, 'bad');
   assert.equal(e.readUInt16BE(6), 0x8001);
   assert.equal(e.readUInt32BE(20), 22);
