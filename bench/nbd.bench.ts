@@ -3,6 +3,9 @@
 // measured in the same run, rounds interleaved so background load hits all alike. Each side is
 // reported as its best and its median round, and each as a ratio to nbdkit's (best to best,
 // median to median): on a shared machine single runs are too noisy to compare.
+// Then longer copies (2 GiB) of a thin device through a service that has served before, next to
+// nbdkit: copies long enough that the fixed costs of a copy (starting nbdcopy, connecting) no
+// longer hide what each request costs, and both sides are bound by the two cores.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, mkdir, rm, open, writeFile, truncate } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
@@ -18,6 +21,8 @@ import { servicePaths } from '../src/nbd/service-paths.js';
 const MiB = 1024 * 1024;
 const SIZE = 512 * MiB;
 const ROUNDS = 5;
+const LONG_SIZE = 2048 * MiB;
+const LONG_ROUNDS = 3;
 
 function exec(cmd: string, args: string[]): Promise<void> {
   return new Promise((resolve, reject) => {
@@ -73,27 +78,57 @@ async function killPidfile(pidfile: string): Promise<void> {
   }
 }
 
-async function freshSparse(path: string): Promise<void> {
+async function freshSparse(path: string, size = SIZE): Promise<void> {
   await writeFile(path, '');
-  await truncate(path, SIZE);
+  await truncate(path, size);
+}
+
+async function randomFile(path: string, size: number): Promise<void> {
+  const h = await open(path, 'w');
+  for (let pos = 0; pos < size; pos += 16 * MiB) await h.write(randomBytes(16 * MiB), 0, 16 * MiB, pos);
+  await h.close();
+}
+
+/** A fresh pool (64 KiB blocks) in `base` with thin devices 0..count-1 of `size` active as thin0, thin1, ... */
+async function freshThinPool(base: string, size: number, count: number): Promise<string> {
+  const root = join(base, 'root');
+  const reg = new MapperRegistry(root);
+  const meta = join(base, 'meta');
+  const data = join(base, 'data');
+  await mkdir(base);
+  await writeFile(meta, '');
+  await truncate(meta, 32 * MiB);
+  await freshSparse(data, count * size + 64 * MiB);
+  await dmCreate(reg, 'pool', `0 ${(count * size + 64 * MiB) / 512} thin-pool ${meta} ${data} 128 16`);
+  for (let id = 0; id < count; id++) {
+    await dmMessage(reg, 'pool', '0', `create_thin ${id}`);
+    await dmCreate(reg, `thin${id}`, `0 ${size / 512} thin pool ${id}`);
+  }
+  return root;
 }
 
 const uri = (sock: string): string => `nbd+unix:///?socket=${sock}`;
-const rate = (seconds: number): number => SIZE / MiB / seconds;
 const best = (xs: number[]): number => Math.min(...xs);
 const median = (xs: number[]): number => {
   const s = [...xs].sort((a, b) => a - b);
   const m = Math.floor(s.length / 2);
   return s.length % 2 === 1 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 };
+/** Rows of MiB/s, best and median, each next to the baseline's. */
+function rowFor(size: number): (label: string, xs: number[], base: number[]) => string {
+  const rate = (seconds: number): number => size / MiB / seconds;
+  return (label, xs, base) => {
+    const fmt = (v: number): string => v.toFixed(0).padStart(5);
+    return `${label.padEnd(30)} best ${fmt(rate(best(xs)))} MiB/s  median ${fmt(rate(median(xs)))} MiB/s` +
+      `   vs nbdkit: best ${(rate(best(xs)) / rate(best(base))).toFixed(2)}  median ${(rate(median(xs)) / rate(median(base))).toFixed(2)}`;
+  };
+}
 
 export async function run(): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'strata-bench-nbd-'));
   try {
     const src = join(dir, 'src.img');
-    const h = await open(src, 'w');
-    for (let pos = 0; pos < SIZE; pos += 16 * MiB) await h.write(randomBytes(16 * MiB), 0, 16 * MiB, pos);
-    await h.close();
+    await randomFile(src, SIZE);
     const times = {
       oursW: [] as number[], oursR: [] as number[], kitW: [] as number[], kitR: [] as number[],
       thinW: [] as number[], thinR: [] as number[], warmW: [] as number[], warmR: [] as number[],
@@ -109,38 +144,26 @@ export async function run(): Promise<void> {
       await stop(ours);
       await rm(dst);
     };
-    const nbdkitRound = async (): Promise<void> => {
+    const nbdkitCopies = async (from: string, size: number, w: number[], r: number[]): Promise<void> => {
       const dst = join(dir, 'kit.img');
-      await freshSparse(dst);
+      await freshSparse(dst, size);
       const sock = join(dir, 'kit.sock');
       const pidfile = join(dir, 'kit.pid');
       await startNbdkit(dst, sock, pidfile);
-      times.kitW.push(await timed('nbdcopy', [src, uri(sock)]));
-      times.kitR.push(await timed('nbdcopy', [uri(sock), 'null:']));
+      w.push(await timed('nbdcopy', [from, uri(sock)]));
+      r.push(await timed('nbdcopy', [uri(sock), 'null:']));
       await killPidfile(pidfile);
       await rm(dst);
       await rm(sock, { force: true });
     };
+    const nbdkitRound = (): Promise<void> => nbdkitCopies(src, SIZE, times.kitW, times.kitR);
     // Two fresh thin devices (64 KiB blocks) of a fresh pool, served by the active-devices
     // service: the first by a service just started ("cold": V8 still compiling the code every
     // request runs, on the same two cores), the second by the same service afterwards ("warm":
     // a service that has served before, which is how it runs: it stays up).
     const thinRound = async (round: number): Promise<void> => {
       const base = join(dir, `thin${round}`);
-      const root = join(base, 'root');
-      const reg = new MapperRegistry(root);
-      const meta = join(base, 'meta');
-      const data = join(base, 'data');
-      await mkdir(base);
-      await writeFile(meta, '');
-      await truncate(meta, 32 * MiB);
-      await writeFile(data, '');
-      await truncate(data, 2 * SIZE + 64 * MiB);
-      await dmCreate(reg, 'pool', `0 ${(2 * SIZE + 64 * MiB) / 512} thin-pool ${meta} ${data} 128 16`);
-      for (const id of [0, 1]) {
-        await dmMessage(reg, 'pool', '0', `create_thin ${id}`);
-        await dmCreate(reg, `thin${id}`, `0 ${SIZE / 512} thin pool ${id}`);
-      }
+      const root = await freshThinPool(base, SIZE, 2);
       await ensureService(root);
       try {
         const cold = servicePaths(root).device('thin0');
@@ -160,11 +183,7 @@ export async function run(): Promise<void> {
       for (let i = 0; i < sides.length; i++) await sides[(round + i) % sides.length]!(round);
     }
 
-    const row = (label: string, xs: number[], base: number[]): string => {
-      const fmt = (v: number): string => v.toFixed(0).padStart(5);
-      return `${label.padEnd(30)} best ${fmt(rate(best(xs)))} MiB/s  median ${fmt(rate(median(xs)))} MiB/s` +
-        `   vs nbdkit: best ${(rate(best(xs)) / rate(best(base))).toFixed(2)}  median ${(rate(median(xs)) / rate(median(base))).toFixed(2)}`;
-    };
+    const row = rowFor(SIZE);
     console.log(`nbdcopy, ${SIZE / MiB} MiB of random data, unix socket, ${ROUNDS} interleaved rounds, fresh server each`);
     console.log(row('write: nbdkit file (baseline)', times.kitW, times.kitW));
     console.log(row('write: strata file export', times.oursW, times.kitW));
@@ -174,6 +193,36 @@ export async function run(): Promise<void> {
     console.log(row('read:  strata file export', times.oursR, times.kitR));
     console.log(row('read:  strata thin, cold', times.thinR, times.kitR));
     console.log(row('read:  strata thin, warm', times.warmR, times.kitR));
+
+    // long copies: a service that has served a device before serves a second one of 2 GiB
+    await rm(src);
+    const longSrc = join(dir, 'long.img');
+    await randomFile(longSrc, LONG_SIZE);
+    const long = { kitW: [] as number[], kitR: [] as number[], thinW: [] as number[], thinR: [] as number[] };
+    const longThinRound = async (round: number): Promise<void> => {
+      const base = join(dir, `long${round}`);
+      const root = await freshThinPool(base, LONG_SIZE, 2);
+      await ensureService(root);
+      try {
+        await exec('nbdcopy', [longSrc, uri(servicePaths(root).device('thin0'))]);
+        const warm = servicePaths(root).device('thin1');
+        long.thinW.push(await timed('nbdcopy', [longSrc, uri(warm)]));
+        long.thinR.push(await timed('nbdcopy', [uri(warm), 'null:']));
+      } finally {
+        await stopService(root);
+        await rm(base, { recursive: true, force: true });
+      }
+    };
+    for (let round = 0; round < LONG_ROUNDS; round++) {
+      const longSides = [() => nbdkitCopies(longSrc, LONG_SIZE, long.kitW, long.kitR), () => longThinRound(round)];
+      for (let i = 0; i < longSides.length; i++) await longSides[(round + i) % longSides.length]!();
+    }
+    const longRow = rowFor(LONG_SIZE);
+    console.log(`nbdcopy, ${LONG_SIZE / MiB} MiB, ${LONG_ROUNDS} interleaved rounds; the thin device is a service's second`);
+    console.log(longRow('write: nbdkit file (baseline)', long.kitW, long.kitW));
+    console.log(longRow('write: strata thin, warm', long.thinW, long.kitW));
+    console.log(longRow('read:  nbdkit file (baseline)', long.kitR, long.kitR));
+    console.log(longRow('read:  strata thin, warm', long.thinR, long.kitR));
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
