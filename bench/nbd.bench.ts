@@ -157,26 +157,28 @@ export async function run(): Promise<void> {
       await rm(sock, { force: true });
     };
     const nbdkitRound = (): Promise<void> => nbdkitCopies(src, SIZE, times.kitW, times.kitR);
-    // Two fresh thin devices (64 KiB blocks) of a fresh pool, served by the active-devices
-    // service: the first by a service just started ("cold": V8 still compiling the code every
-    // request runs, on the same two cores), the second by the same service afterwards ("warm":
-    // a service that has served before, which is how it runs: it stays up).
-    const thinRound = async (round: number): Promise<void> => {
-      const base = join(dir, `thin${round}`);
-      const root = await freshThinPool(base, SIZE, 2);
+    /** A fresh pool of two thin devices of `size` in `name`, served by the service while `use` runs. */
+    const served = async (name: string, size: number, use: (device: (thin: string) => string) => Promise<void>): Promise<void> => {
+      const base = join(dir, name);
+      const root = await freshThinPool(base, size, 2);
       await ensureService(root);
       try {
-        const cold = servicePaths(root).device('thin0');
-        times.thinW.push(await timed('nbdcopy', [src, uri(cold)]));
-        times.thinR.push(await timed('nbdcopy', [uri(cold), 'null:']));
-        const warm = servicePaths(root).device('thin1');
-        times.warmW.push(await timed('nbdcopy', [src, uri(warm)]));
-        times.warmR.push(await timed('nbdcopy', [uri(warm), 'null:']));
+        await use((thin) => uri(servicePaths(root).device(thin)));
       } finally {
         await stopService(root);
         await rm(base, { recursive: true, force: true });
       }
     };
+    // Two fresh thin devices (64 KiB blocks) of a fresh pool, served by the active-devices
+    // service: the first by a service just started ("cold": V8 still compiling the code every
+    // request runs, on the same two cores), the second by the same service afterwards ("warm":
+    // a service that has served before, which is how it runs: it stays up).
+    const thinRound = (round: number): Promise<void> => served(`thin${round}`, SIZE, async (device) => {
+      times.thinW.push(await timed('nbdcopy', [src, device('thin0')]));
+      times.thinR.push(await timed('nbdcopy', [device('thin0'), 'null:']));
+      times.warmW.push(await timed('nbdcopy', [src, device('thin1')]));
+      times.warmR.push(await timed('nbdcopy', [device('thin1'), 'null:']));
+    });
     // rounds interleaved, order rotated, so neither always follows the other's page-cache churn
     const sides = [oursRound, nbdkitRound, thinRound];
     for (let round = 0; round < ROUNDS; round++) {
@@ -199,20 +201,11 @@ export async function run(): Promise<void> {
     const longSrc = join(dir, 'long.img');
     await randomFile(longSrc, LONG_SIZE);
     const long = { kitW: [] as number[], kitR: [] as number[], thinW: [] as number[], thinR: [] as number[] };
-    const longThinRound = async (round: number): Promise<void> => {
-      const base = join(dir, `long${round}`);
-      const root = await freshThinPool(base, LONG_SIZE, 2);
-      await ensureService(root);
-      try {
-        await exec('nbdcopy', [longSrc, uri(servicePaths(root).device('thin0'))]);
-        const warm = servicePaths(root).device('thin1');
-        long.thinW.push(await timed('nbdcopy', [longSrc, uri(warm)]));
-        long.thinR.push(await timed('nbdcopy', [uri(warm), 'null:']));
-      } finally {
-        await stopService(root);
-        await rm(base, { recursive: true, force: true });
-      }
-    };
+    const longThinRound = (round: number): Promise<void> => served(`long${round}`, LONG_SIZE, async (device) => {
+      await exec('nbdcopy', [longSrc, device('thin0')]);
+      long.thinW.push(await timed('nbdcopy', [longSrc, device('thin1')]));
+      long.thinR.push(await timed('nbdcopy', [device('thin1'), 'null:']));
+    });
     for (let round = 0; round < LONG_ROUNDS; round++) {
       const longSides = [() => nbdkitCopies(longSrc, LONG_SIZE, long.kitW, long.kitR), () => longThinRound(round)];
       for (let i = 0; i < longSides.length; i++) await longSides[(round + i) % longSides.length]!();
