@@ -14,18 +14,7 @@ import { probeOverlay2 } from '../../src/drivers/overlay2/overlay-support.js';
 import { changes as naiveChanges } from '../../src/archive/index.js';
 import { setXattr } from '../../src/util/xattr.js';
 import { dir, file, layerTar, opaque, snapshotTree, sym, tempDir, whiteout, type FsOp } from '../helpers/fstest.js';
-
-/** mulberry32: small, seeded, reproducible. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { rng } from '../helpers/rng.js';
 
 const LAYERS: FsOp[][] = [
   [dir('etc'), file('etc/a', 'a'), file('etc/b', 'b'), dir('usr/lib'), file('usr/lib/x', 'x'), file('usr/lib/y', 'y'), dir('var/cache'), file('var/cache/1', '1'), file('var/cache/2', '2'), sym('etc/l', 'a'), dir('opt/tree/deep'), file('opt/tree/deep/f', 'f')],

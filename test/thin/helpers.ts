@@ -7,6 +7,8 @@ import { MemoryBlockDevice, CrashController, FileBlockDevice } from '../../src/t
 import { ThinMetadata } from '../../src/thin/metadata.js';
 import { checkMetadata, type CheckReport } from '../../src/thin/check.js';
 
+export { rng } from '../helpers/rng.js';
+
 export async function tempDir(prefix = 'strata-thin-'): Promise<{ dir: string; cleanup: () => Promise<void> }> {
   const dir = await mkdtemp(join(tmpdir(), prefix));
   return { dir, cleanup: () => rm(dir, { recursive: true, force: true }) };
@@ -68,16 +70,4 @@ export function pattern(length: number, seed: number): Buffer {
     b[i] = x & 0xff;
   }
   return b;
-}
-
-/** Seeded PRNG (mulberry32). */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }

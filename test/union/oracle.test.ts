@@ -25,19 +25,9 @@ import { createHash } from 'node:crypto';
 import { UnionFs } from '../../src/union/index.js';
 import { getXattr, setXattr } from '../../src/util/xattr.js';
 import { snapshot, tempDir } from './tree.js';
+import { rng } from '../helpers/rng.js';
 
 const run = promisify(execFile);
-
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const NAMES = ['a', 'b', 'c', 'd'];
 
