@@ -3,7 +3,7 @@
 // `<mount-id>-init` layers, and overlay2 is the default driver where it can mount.
 import { describe, it, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { lstat, readFile, readdir, rm, writeFile, mkdir } from 'node:fs/promises';
+import { lstat, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -16,12 +16,7 @@ import { probeOverlay2 } from '../../src/drivers/overlay2/overlay-support.js';
 import { getXattr } from '../../src/util/xattr.js';
 import { dir, file, hardlink, layerTar, opaque, sym, tempDir, whiteout, xattr, type FsOp } from '../helpers/fstest.js';
 import { BASE_OPS, WHITEOUT_OPS, dockerArchive } from '../interop/fixtures.js';
-
-async function digestOf(stream: Readable): Promise<string> {
-  const hash = createHash('sha256');
-  for await (const chunk of stream) hash.update(chunk as Buffer);
-  return `sha256:${hash.digest('hex')}`;
-}
+import { changeContainer, checkCommitted, commitChanged, digestOf } from '../helpers/container-scenario.js';
 
 describe('overlay2 under the layer store', () => {
   let reason: string | null = null;
@@ -108,33 +103,9 @@ describe('overlay2 under the layer store', () => {
     const initFiles = await readdir(join(home, `${mountId}-init`, 'diff'));
     assert.ok(initFiles.includes('.dockerenv') && initFiles.includes('dev') && initFiles.includes('proc'), initFiles.join(','));
 
-    const merged = await strata.mount('web');
-    try {
-      assert.equal(merged, join(home, mountId, 'merged'));
-      assert.equal(await readFile(join(merged, 'etc/os-release'), 'utf8'), 'ID=strata\n');
-      await lstat(join(merged, '.dockerenv'));
-      await writeFile(join(merged, 'etc/os-release'), 'ID=changed\n');
-      await rm(join(merged, 'var/cache'), { recursive: true });
-      await mkdir(join(merged, 'var/cache'));
-      await writeFile(join(merged, 'var/cache/z'), 'z');
-    } finally {
-      await strata.unmount('web');
-    }
-    const changes = (await strata.diff('web')).map((c) => `${c.kind} ${c.path}`);
-    assert.deepEqual(changes, ['C /etc', 'C /etc/os-release', 'C /var', 'C /var/cache', 'D /var/cache/a', 'D /var/cache/b', 'A /var/cache/z']);
-    const committed = await strata.commit('web', { ref: 'web:1' });
-    const layers = await strata.imageLayers(committed);
-    assert.equal(layers.length, 2);
-    assert.equal(await digestOf(await layers[1]!.open()), layers[1]!.diffId);
-    const ctr2 = await strata.createContainer('web:1');
-    const view = await strata.mount(ctr2);
-    try {
-      assert.deepEqual((await readdir(join(view, 'var/cache'))).sort(), ['z']);
-      assert.equal(await readFile(join(view, 'etc/os-release'), 'utf8'), 'ID=changed\n');
-      await assert.rejects(lstat(join(view, '.wh..wh..opq')));
-    } finally {
-      await strata.unmount(ctr2);
-    }
+    assert.equal(await changeContainer(strata, 'web'), join(home, mountId, 'merged'));
+    await commitChanged(strata, 'web', 'web:1');
+    await checkCommitted(strata, 'web:1');
     await strata.removeContainer('web');
     await assert.rejects(lstat(join(home, mountId)));
     await assert.rejects(lstat(join(home, `${mountId}-init`)));
