@@ -57,6 +57,13 @@ async function servePool(threads: boolean, features: string[] = [], dataBytes = 
   };
 }
 
+/** A client (structured replies, base:allocation) of export `t` whose connection a thread has taken. */
+async function attachOnThread(server: NbdServer, sock: string): Promise<RawClient> {
+  const c = await attachWithMeta(sock, 't');
+  await until(() => server.threadedCount === 1);
+  return c;
+}
+
 async function readChunkData(c: RawClient, cookie: bigint, offset: number, length: number): Promise<Buffer> {
   c.sendRequest(CMD.READ, 0, cookie, offset, length);
   const chunk = await c.readChunk();
@@ -135,8 +142,7 @@ test('thin export on threads: planned there, and every answer matches the event-
 test('thin export on threads: out of data space is answered ENOSPC and the connection goes on', async () => {
   const { server, sock, close } = await servePool(true, ['error_if_no_space'], 4 * BLOCK);
   try {
-    const c = await attachWithMeta(sock, 't');
-    await until(() => server.threadedCount === 1);
+    const c = await attachOnThread(server, sock);
     c.sendRequest(CMD.WRITE, 0, 1n, 0, 4 * BLOCK, Buffer.alloc(4 * BLOCK, 1));
     assert.equal((await c.readSimpleReply()).error, 0);
     c.sendRequest(CMD.WRITE, 0, 2n, 8 * BLOCK, BLOCK, Buffer.alloc(BLOCK, 2));
@@ -306,8 +312,7 @@ test('thin export on threads: whole-block writes go into leased blocks, answered
 test('thin export on threads: a suspend waits for writes into leased blocks under way and holds new ones; a snapshot then holds every write answered before it', async () => {
   const { pool, dev, server, sock, close } = await servePool(true);
   try {
-    const c = await attachWithMeta(sock, 't');
-    await until(() => server.threadedCount === 1);
+    const c = await attachOnThread(server, sock);
     const blocks = SIZE / BLOCK;
     const data = Array.from({ length: blocks }, () => randomBytes(BLOCK));
     let answeredBeforeSnapshot = -1;
@@ -359,8 +364,7 @@ test('thin export on threads: a client that stalls halfway through a request sti
   const { dev, server, sock, close } = await servePool(true);
   const { encodeRequest } = await import('../../src/nbd/request-codec.js');
   try {
-    const c = await attachWithMeta(sock, 't');
-    await until(() => server.threadedCount === 1);
+    const c = await attachOnThread(server, sock);
     const data = randomBytes(2 * BLOCK);
     const next = encodeRequest(CMD.WRITE, 0, 2n, 4 * BLOCK, BLOCK);
     // a whole-block write, then the first 10 bytes of the next request's header, then nothing
@@ -388,8 +392,7 @@ test('thin export on threads: a connection that got no lease while the pool was 
     await other.write(randomBytes(20 * MiB), 0);
     await other.close();
     await pool.commit();
-    const c = await attachWithMeta(sock, 't');
-    await until(() => server.threadedCount === 1);
+    const c = await attachOnThread(server, sock);
     let cookie = 0n;
     const writeBlocks = async (round: number): Promise<void> => {
       const data = randomBytes(2 * BLOCK);
@@ -413,8 +416,7 @@ test('thin export on threads: a connection that got no lease while the pool was 
 test('thin export on threads: whole-block writes rewriting the same blocks, pipelined, are mapped in the order written', async () => {
   const { dev, server, sock, close } = await servePool(true);
   try {
-    const c = await attachWithMeta(sock, 't');
-    await until(() => server.threadedCount === 1);
+    const c = await attachOnThread(server, sock);
     const last = new Map<number, Buffer>();
     let cookie = 0n;
     for (let round = 0; round < 200; round++) {
@@ -442,8 +444,7 @@ test('thin export on threads: whole-block writes rewriting the same blocks, pipe
 test('thin export on threads: pipelined writes of every size, from a byte to past the receive buffer, cycle its halves and read back as written', async () => {
   const { dev, server, sock, close } = await servePool(true);
   try {
-    const c = await attachWithMeta(sock, 't');
-    await until(() => server.threadedCount === 1);
+    const c = await attachOnThread(server, sock);
     const model = Buffer.alloc(SIZE);
     // (2 MiB less a header is the largest a receive-buffer half takes; larger ones are handed over)
     const sizes = [1, 27, 28, 4 * KiB, BLOCK, 4 * BLOCK, 4 * BLOCK + 7, MiB, 2 * MiB - 28, 2 * MiB, 3 * MiB];
