@@ -10,7 +10,7 @@ export {
 export { parsePaxRecords, encodePaxRecords, formatPaxRecord, type PaxRecords } from './tar/pax.js';
 export { readTar, type TarEntry, type ReadTarOptions } from './tar/reader.js';
 export { TarWriter, buildTar } from './tar/writer.js';
-export { openLayerStream } from './compression.js';
+export { openLayerStream, type LayerStreamOptions } from './compression.js';
 export { detectCompression, type Compression } from './magic.js';
 export { FileChunks, openFileInput } from './file-chunks.js';
 export { TappedChunks, isTappable, type ChunkTap, type TappableChunks } from './tapped-chunks.js';

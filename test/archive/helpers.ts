@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { Readable, Writable } from 'node:stream';
 import { execFileSync } from 'node:child_process';
 import { listAttributesSync, getAttributeSync } from '@napi-rs/xattr';
+import { isStrataError } from '../../src/errors.js';
 
 export const IS_ROOT = process.getuid?.() === 0;
 
@@ -105,4 +106,14 @@ export function hasTrustedXattrs(dir: string): boolean {
   } catch {
     return false;
   }
+}
+
+/** The StrataError code `p` fails with ('no error', or the message of another error, otherwise). */
+export async function errorCode(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+  } catch (err) {
+    return isStrataError(err) ? err.code : `non-strata: ${(err as Error).message}`;
+  }
+  return 'no error';
 }

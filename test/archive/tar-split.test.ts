@@ -5,11 +5,10 @@ import assert from 'node:assert/strict';
 import { createReadStream, mkdirSync, mkdtempSync, readFileSync, symlinkSync, linkSync, writeFileSync } from 'node:fs';
 import { PassThrough, Readable } from 'node:stream';
 import { gunzipSync, gzipSync } from 'node:zlib';
-import { isStrataError } from '../../src/errors.js';
 import {
   TarSplitRecorder, applyLayerTar, assembleTar, buildTar, encodeHeader, openLayerStream, decodeTarSplitEntry, readTar,
 } from '../../src/archive/index.js';
-import { bufferStream, collect, run, sha256, sink, tempDir } from './helpers.js';
+import { bufferStream, collect, errorCode, run, sha256, sink, tempDir } from './helpers.js';
 
 async function record(tar: Buffer, chunk = 65536): Promise<{ json: string; gz: Buffer; diffId: string; size: number }> {
   const out = sink();
@@ -27,15 +26,6 @@ async function assemble(gz: Buffer, root: string): Promise<Buffer> {
   await assembleTar(Readable.from([gz]), async (name, raw) => createReadStream(raw ? Buffer.concat([Buffer.from(`${root}/`), raw]) : `${root}/${name}`), out);
   out.end();
   return done;
-}
-
-async function errorCode(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-  } catch (err) {
-    return isStrataError(err) ? err.code : `non-strata: ${(err as Error).message}`;
-  }
-  return 'no error';
 }
 
 describe('tar-split records', () => {
