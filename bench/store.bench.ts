@@ -1,7 +1,8 @@
 // Issue 2's figures: on a generated ~10,000-file, ~200 MB root filesystem, import time next to
 // `tar -xf` of the same tar into a fresh directory (same run), create latency (median of 20),
 // diff and commit after changing 10 files, and the peak memory of the import process; and (vfs)
-// the same layer imported as .tar.zst and .tar.gz next to GNU tar decompressing it.
+// the same layer imported as .tar.zst and .tar.gz next to GNU tar decompressing it, and `save`
+// and `fsck` (the layer rebuilt from tar-split) next to `tar -cf` of the tree.
 import { mkdtemp, rm, mkdir, writeFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
@@ -101,7 +102,16 @@ export async function run(): Promise<void> {
       const imp = cli('import', tar, 'bench:1');
       console.log(`${driver}: import of ${(size / 1e6).toFixed(0)} MB / 10,000 files: ${imp.ms.toFixed(0)} ms; tar -xf ${tarX.ms.toFixed(0)} ms; ratio ${(imp.ms / tarX.ms).toFixed(2)}x (target ≤ 1.5x)`);
       console.log(`${driver}: peak RSS of the import process: ${(imp.maxRssKb / 1024).toFixed(0)} MB (target < 200 MB); tar -xf ${(tarX.maxRssKb / 1024).toFixed(0)} MB`);
-      if (driver === 'vfs') await compressedImports(work, tar, size);
+      if (driver === 'vfs') {
+        await compressedImports(work, tar, size);
+        // the layer rebuilt byte for byte from tar-split and the layer's files, next to tar -cf of the same tree
+        const saved = join(work, 'saved.tar');
+        const save = cli('save', '-o', saved, 'bench:1');
+        const tarC = timed('tar', ['-C', extractDir, '-cf', join(work, 'tree.tar'), '.']);
+        const fsck = cli('fsck');
+        console.log(`vfs: save of the image ${save.ms.toFixed(0)} ms; tar -cf of its tree ${tarC.ms.toFixed(0)} ms; fsck (every layer rebuilt and hashed) ${fsck.ms.toFixed(0)} ms`);
+        for (const file of [saved, join(work, 'tree.tar')]) await rm(file, { force: true });
+      }
       // every figure below is a CLI process: Node's start-up is part of it
       const startup = median(Array.from({ length: 5 }, () => cli('--version').ms));
       console.log(`${driver}: a strata process that does nothing (--version): ${startup.toFixed(0)} ms`);

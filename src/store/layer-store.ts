@@ -13,7 +13,7 @@
  * recover() belongs to a dead process.
  */
 import { readFile, readdir, rename, rm, stat } from 'node:fs/promises';
-import { createReadStream, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { createReadStream, mkdirSync, openSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { PassThrough, type Readable } from 'node:stream';
@@ -427,8 +427,8 @@ export function randomHex(): string {
 }
 
 /** Open a file of a layer for reassembly, refusing names that climb out of the layer. */
-async function openInside(root: string, name: string): Promise<Readable> {
+function openInside(root: string, name: string): number {
   const clean = name.replace(/^\/+/, '');
   if (clean.split('/').includes('..')) throw strataError('PATH_ESCAPE', `tar-split names a path outside the layer: ${name}`);
-  return createReadStream(join(root, clean));
+  return openSync(join(root, clean), 'r');
 }

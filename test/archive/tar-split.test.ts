@@ -2,7 +2,7 @@
 // tars from GNU tar (gnu, posix, ustar), Python's tarfile and our own writer; compression detection.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { createReadStream, mkdirSync, mkdtempSync, readFileSync, symlinkSync, linkSync, writeFileSync } from 'node:fs';
+import { createReadStream, mkdirSync, mkdtempSync, openSync, readFileSync, symlinkSync, linkSync, writeFileSync } from 'node:fs';
 import { PassThrough, Readable } from 'node:stream';
 import { gunzipSync, gzipSync } from 'node:zlib';
 import {
@@ -20,10 +20,12 @@ async function record(tar: Buffer, chunk = 65536): Promise<{ json: string; gz: B
   return { json: gunzipSync(gz).toString('utf8'), gz, ...r };
 }
 
-async function assemble(gz: Buffer, root: string): Promise<Buffer> {
+/** Rebuild from `root`, each file given to the assembler as a stream or as a descriptor. */
+async function assemble(gz: Buffer, root: string, via: 'stream' | 'descriptor' = 'stream'): Promise<Buffer> {
   const out = new PassThrough();
   const done = collect(out);
-  await assembleTar(Readable.from([gz]), async (name, raw) => createReadStream(raw ? Buffer.concat([Buffer.from(`${root}/`), raw]) : `${root}/${name}`), out);
+  const path = (name: string, raw?: Buffer) => (raw ? Buffer.concat([Buffer.from(`${root}/`), raw]) : `${root}/${name}`);
+  await assembleTar(Readable.from([gz]), (name, raw) => (via === 'stream' ? Promise.resolve(createReadStream(path(name, raw))) : openSync(path(name, raw), 'r')), out);
   out.end();
   return done;
 }
@@ -86,14 +88,23 @@ describe('tar-split records', () => {
   it('fails reassembly when a file changed (DIGEST_MISMATCH)', async () => {
     const t = tempDir();
     try {
-      const tar = buildTar([{ header: { name: 'f' }, data: 'original' }]);
+      const big = Buffer.alloc(600_000, 3); // read on the thread pool from a descriptor
+      const tar = buildTar([{ header: { name: 'f' }, data: 'original' }, { header: { name: 'big' }, data: big }]);
       const { gz } = await record(tar);
-      writeFileSync(`${t.dir}/f`, 'tampered');
-      assert.equal(await errorCode(assemble(gz, t.dir)), 'DIGEST_MISMATCH');
-      writeFileSync(`${t.dir}/f`, 'original+');
-      assert.equal(await errorCode(assemble(gz, t.dir)), 'DIGEST_MISMATCH');
-      writeFileSync(`${t.dir}/f`, 'original');
-      assert.equal(sha256(await assemble(gz, t.dir)), sha256(tar));
+      writeFileSync(`${t.dir}/big`, big);
+      for (const via of ['stream', 'descriptor'] as const) {
+        for (const changed of ['tampered', 'original+', 'origina']) {
+          writeFileSync(`${t.dir}/f`, changed);
+          assert.equal(await errorCode(assemble(gz, t.dir, via)), 'DIGEST_MISMATCH', `${via}: ${changed}`);
+        }
+        writeFileSync(`${t.dir}/f`, 'original');
+        for (const changed of [Buffer.concat([big, Buffer.from('+')]), big.subarray(1), Buffer.from(big).fill(4, 500_000, 500_001)]) {
+          writeFileSync(`${t.dir}/big`, changed);
+          assert.equal(await errorCode(assemble(gz, t.dir, via)), 'DIGEST_MISMATCH', `${via}: big of ${changed.length}`);
+        }
+        writeFileSync(`${t.dir}/big`, big);
+        assert.equal(sha256(await assemble(gz, t.dir, via)), sha256(tar), via);
+      }
     } finally {
       t.cleanup();
     }
@@ -137,9 +148,11 @@ describe('apply → tar-split → assembleTar reproduces the exact tar', () => {
       assert.equal(r.diffId, sha256(tar));
       assert.equal(r.size, tar.length);
       assert.ok(size >= 300_000);
-      const rebuilt = await assemble(out.data(), target);
-      assert.equal(rebuilt.length, tar.length);
-      assert.equal(sha256(rebuilt), sha256(tar));
+      for (const via of ['stream', 'descriptor'] as const) {
+        const rebuilt = await assemble(out.data(), target, via);
+        assert.equal(rebuilt.length, tar.length, via);
+        assert.equal(sha256(rebuilt), sha256(tar), via);
+      }
     });
   }
 
