@@ -25,6 +25,7 @@ import { withWriteLock, type WriteTxn } from './store/write-lock.js';
 import { defaultRoot } from './store/paths.js';
 import { generateName } from './store/names.js';
 import { UnionFs } from './union/index.js';
+import { mapLimit } from './util/map-limit.js';
 
 export interface OpenOptions {
   root?: string;
@@ -354,14 +355,15 @@ export class Strata {
   }
 
   async listContainers(): Promise<ContainerSummary[]> {
-    const out: ContainerSummary[] = [];
-    for (const c of await this.containers.list()) {
-      if (c.Driver !== this.driver.name) continue;
-      const mount = await this.layers.getMount(c.ID).catch(() => null);
-      out.push({ id: c.ID, name: c.Name.slice(1), image: c.Config.Image, imageId: c.Image, created: c.Created, mountId: mount?.mountId ?? '' });
-    }
+    const mine = (await this.containers.list()).filter((c) => c.Driver === this.driver.name);
+    // (one at a time, 200 containers' mount records kept `ps` waiting on 2,400 reads in a row)
+    const mounts = await mapLimit(mine, 16, (c) => this.layers.getMount(c.ID).catch(() => null));
+    const out = mine.map((c, i): ContainerSummary => ({
+      id: c.ID, name: c.Name.slice(1), image: c.Config.Image, imageId: c.Image, created: c.Created, mountId: mounts[i]?.mountId ?? '',
+    }));
     return out.sort((a, b) => b.created.localeCompare(a.created));
   }
+
 
   async inspectContainer(nameOrId: string): Promise<ContainerRecord> {
     return this.containers.resolve(nameOrId, this.driver.name);
@@ -474,11 +476,11 @@ export class Strata {
     const usedChains = new Set<string>();
     for (const id of usedImages) for (const c of chainIds((await this.images.get(id)).config.rootfs.diff_ids)) usedChains.add(c);
     const reclaimable = layers.filter((l) => !usedChains.has(l.chainId)).reduce((s, l) => s + l.size, 0);
-    let containerSize = 0;
-    for (const c of containers) {
+    const sizes = await mapLimit(containers, 8, async (c) => {
       const m = await this.layers.getMount(c.id);
-      containerSize += await this.driver.diffSize(m.mountId, m.initId);
-    }
+      return this.driver.diffSize(m.mountId, m.initId);
+    });
+    const containerSize = sizes.reduce((a, b) => a + b, 0);
     return [
       { type: 'Images', total: images.length, active: usedImages.size, size: layerSize, reclaimable },
       { type: 'Containers', total: containers.length, active: 0, size: containerSize, reclaimable: containerSize },

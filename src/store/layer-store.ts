@@ -17,6 +17,7 @@ import { createReadStream, mkdirSync, openSync, renameSync, rmSync, writeFileSyn
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { PassThrough, type Readable } from 'node:stream';
+import { mapLimit } from '../util/map-limit.js';
 import { DigestVerifier } from '../util/digest-verifier.js';
 import { pipeline } from 'node:stream/promises';
 import type { Driver } from '../drivers/driver.js';
@@ -285,9 +286,7 @@ export class LayerStore {
     const dir = this.mountDir(containerId);
     const read = async (name: string) => (await readFile(join(dir, name), 'utf8')).trim();
     try {
-      const mountId = await read('mount-id');
-      const initId = await read('init-id').catch(() => '');
-      const parent = await read('parent').catch(() => '');
+      const [mountId, initId, parent] = await Promise.all([read('mount-id'), read('init-id').catch(() => ''), read('parent').catch(() => '')]);
       if (!MOUNT_ID.test(mountId) || (initId && !MOUNT_ID.test(initId))) {
         throw strataError('STORE_CORRUPT', `container ${containerId} has an invalid mount id`);
       }
@@ -300,9 +299,7 @@ export class LayerStore {
 
   async listMounts(): Promise<MountInfo[]> {
     const names = await readdir(join(this.dir, 'mounts')).catch(() => [] as string[]);
-    const out: MountInfo[] = [];
-    for (const name of names.sort()) if (/^[a-f0-9]{64}$/.test(name)) out.push(await this.getMount(name));
-    return out;
+    return mapLimit(names.filter((name) => /^[a-f0-9]{64}$/.test(name)).sort(), 16, (name) => this.getMount(name));
   }
 
   async removeMount(_txn: WriteTxn, containerId: string): Promise<void> {
