@@ -16,7 +16,7 @@ export { FileChunks, openFileInput } from './file-chunks.js';
 export { TappedChunks, isTappable, type ChunkTap, type TappableChunks } from './tapped-chunks.js';
 export { recordTarSplit } from './tar-split-tap.js';
 export {
-  TarSplitRecorder, assembleTar, encodeTarSplitEntry, decodeTarSplitEntry,
+  TarSplitRecorder, assembleTar, assembledTarSize, encodeTarSplitEntry, decodeTarSplitEntry,
   type TarSplitEntry, type TarSplitResult, type TarSplitRecorderOptions, type OpenFile,
 } from './tar-split.js';
 export { applyLayerTar, type ApplyOptions, type ApplyResult, type WhiteoutMode } from './apply.js';

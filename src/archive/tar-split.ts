@@ -13,7 +13,7 @@ import { createHash } from 'node:crypto';
 import { closeSync, read, readSync } from 'node:fs';
 import { promisify } from 'node:util';
 import { Transform, type Readable, type TransformCallback, type Writable } from 'node:stream';
-import { createGunzip, createGzip, type Gzip, type ZlibOptions } from 'node:zlib';
+import { createGunzip, createGzip, type Gunzip, type Gzip, type ZlibOptions } from 'node:zlib';
 import { isStrataError, strataError } from '../errors.js';
 import { Crc64 } from './crc64.js';
 import { goJsonString } from './go-json.js';
@@ -45,22 +45,36 @@ export function encodeTarSplitEntry(e: TarSplitEntry): string {
 }
 
 /** Parse one record (accepts both `name` and `name_raw`, keys in any order). */
-export function decodeTarSplitEntry(line: string): TarSplitEntry {
+/** Keys as tar-split writes them; others (Go's JSON decoding ignores case) are lower-cased first. */
+const RECORD_KEYS = new Set(['type', 'name', 'name_raw', 'size', 'payload', 'position']);
+
+/** A record's fields by lower-case key, its type checked. */
+function recordFields(line: string): Record<string, unknown> & { type: 1 | 2 } {
   let obj: Record<string, unknown>;
   try {
     obj = JSON.parse(line) as Record<string, unknown>;
   } catch (err) {
     throw strataError('INVALID_ARCHIVE', `tar-split: invalid JSON record: ${(err as Error).message}`);
   }
-  const lower: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(obj)) lower[k.toLowerCase()] = v;
-  const type = lower.type;
+  let fields = obj;
+  for (const k in obj) {
+    if (RECORD_KEYS.has(k)) continue;
+    fields = {};
+    for (const [key, v] of Object.entries(obj)) fields[key.toLowerCase()] = v;
+    break;
+  }
+  const type = fields.type;
   if (type !== 1 && type !== 2) throw strataError('INVALID_ARCHIVE', `tar-split: unknown entry type ${String(type)}`);
-  const payload = typeof lower.payload === 'string' ? Buffer.from(lower.payload, 'base64') : null;
-  const e: TarSplitEntry = { type, payload, position: typeof lower.position === 'number' ? lower.position : 0 };
-  if (typeof lower.name === 'string' && lower.name !== '') e.name = lower.name;
-  if (typeof lower.name_raw === 'string' && lower.name_raw !== '') e.nameRaw = Buffer.from(lower.name_raw, 'base64');
-  if (typeof lower.size === 'number') e.size = lower.size;
+  return fields as Record<string, unknown> & { type: 1 | 2 };
+}
+
+export function decodeTarSplitEntry(line: string): TarSplitEntry {
+  const fields = recordFields(line);
+  const payload = typeof fields.payload === 'string' ? Buffer.from(fields.payload, 'base64') : null;
+  const e: TarSplitEntry = { type: fields.type, payload, position: typeof fields.position === 'number' ? fields.position : 0 };
+  if (typeof fields.name === 'string' && fields.name !== '') e.name = fields.name;
+  if (typeof fields.name_raw === 'string' && fields.name_raw !== '') e.nameRaw = Buffer.from(fields.name_raw, 'base64');
+  if (typeof fields.size === 'number') e.size = fields.size;
   return e;
 }
 
@@ -324,17 +338,19 @@ async function copyData(source: Readable | number, size: number, output: BlockOu
     return n;
   }
   const blocking = size <= READ_BLOCKING_MAX;
-  while (n < size) {
+  while (n <= size) {
     const room = await output.room();
-    const want = Math.min(room.length, size - n);
+    // one byte more than is left, where there is room, says whether the file grew
+    const want = Math.min(room.length, size - n + 1);
     const got = blocking ? readSync(source, room, 0, want, null) : (await readAsync(source, room, 0, want, null)).bytesRead;
     if (got === 0) return n;
-    crc.update(room.subarray(0, got));
-    output.filled(got);
+    const data = Math.min(got, size - n);
+    crc.update(room.subarray(0, data));
+    output.filled(data);
     n += got;
+    if (got > data) return n;
   }
-  // one byte more says whether the file grew
-  return n + readSync(source, Buffer.alloc(1), 0, 1, null);
+  return n;
 }
 
 /**
@@ -348,9 +364,7 @@ export async function assembleTar(
   out: Writable,
   opts: { end?: boolean } = {},
 ): Promise<void> {
-  const gunzip = createGunzip();
-  tarSplitGz.on('error', (err) => gunzip.destroy(err));
-  tarSplitGz.pipe(gunzip);
+  const gunzip = tarSplitRecords(tarSplitGz);
   const seen = new Set<string>();
   const output = new BlockOutput(out);
   try {
@@ -394,4 +408,31 @@ export async function assembleTar(
     tarSplitGz.unpipe(gunzip);
   }
   if (opts.end) out.end();
+}
+
+/** The uncompressed records of a tar-split.json.gz, inflated in large pieces (each is a trip to the thread pool). */
+function tarSplitRecords(tarSplitGz: Readable): Gunzip {
+  const gunzip = createGunzip({ chunkSize: 256 * 1024 });
+  tarSplitGz.on('error', (err) => gunzip.destroy(err));
+  tarSplitGz.pipe(gunzip);
+  return gunzip;
+}
+
+/**
+ * The length of the tar that `assembleTar` rebuilds from these records, without decoding them:
+ * segments' base64 lengths and files' sizes.
+ */
+export async function assembledTarSize(tarSplitGz: Readable): Promise<number> {
+  const gunzip = tarSplitRecords(tarSplitGz);
+  let total = 0;
+  try {
+    for await (const line of lines(gunzip)) {
+      const { type, payload, size } = recordFields(line);
+      if (type === SEGMENT_TYPE) total += typeof payload === 'string' ? Buffer.byteLength(payload, 'base64') : 0;
+      else total += typeof size === 'number' ? size : 0;
+    }
+  } finally {
+    tarSplitGz.unpipe(gunzip);
+  }
+  return total;
 }

@@ -21,11 +21,7 @@ import { mapLimit } from '../util/map-limit.js';
 import { DigestVerifier } from '../util/digest-verifier.js';
 import { pipeline } from 'node:stream/promises';
 import type { Driver } from '../drivers/driver.js';
-import {
-  assembleTar, decodeTarSplitEntry, openLayerStream, recordTarSplit,
-} from '../archive/index.js';
-import { createGunzip } from 'node:zlib';
-import { createInterface } from 'node:readline';
+import { assembleTar, assembledTarSize, openLayerStream, recordTarSplit } from '../archive/index.js';
 import { strataError, isErrno, isStrataError } from '../errors.js';
 import { fsyncDir, writeFileSynced } from '../util/atomic.js';
 import { releaseAfter } from '../util/release-after.js';
@@ -219,15 +215,9 @@ export class LayerStore {
 
   /** Length of the layer's tar, from tar-split alone (a save must know it before streaming). */
   async tarSize(chainId: Digest): Promise<number> {
-    const lines = createInterface({ input: createReadStream(join(this.layerDir(chainId), TAR_SPLIT)).pipe(createGunzip()), crlfDelay: Infinity });
-    let total = 0;
-    for await (const line of lines) {
-      if (line.trim() === '') continue;
-      const entry = decodeTarSplitEntry(line);
-      total += entry.type === 2 ? entry.payload?.length ?? 0 : entry.size ?? 0;
-    }
-    return total;
+    return assembledTarSize(createReadStream(join(this.layerDir(chainId), TAR_SPLIT)));
   }
+
 
   // ---- container layers -------------------------------------------------------------------
 

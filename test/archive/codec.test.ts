@@ -220,6 +220,12 @@ describe('Go JSON and tar-split records', () => {
     const back = decodeTarSplitEntry('{"type":1,"name_raw":"Y2Fm6S50eHQ=","size":12,"payload":null,"position":5}');
     assert.equal(back.nameRaw?.toString('latin1'), 'caf\xe9.txt');
   });
+  it('reads keys in any case, as Go\'s JSON decoding does', () => {
+    assert.deepEqual(decodeTarSplitEntry('{"Type":1,"NAME":"a","Size":3,"payLoad":"YUmYEAAAAAA=","Position":7}'),
+      decodeTarSplitEntry('{"type":1,"name":"a","size":3,"payload":"YUmYEAAAAAA=","position":7}'));
+    assert.equal(decodeTarSplitEntry('{"type":2,"payload":"aGk=","position":1,"extra":true}').payload?.toString(), 'hi');
+    assert.throws(() => decodeTarSplitEntry('{"TYPE":3,"position":1}'), /unknown entry type/);
+  });
 });
 
 describe('paths and whiteouts', () => {

@@ -6,7 +6,7 @@ import { createReadStream, mkdirSync, mkdtempSync, openSync, readFileSync, symli
 import { PassThrough, Readable } from 'node:stream';
 import { gunzipSync, gzipSync } from 'node:zlib';
 import {
-  TarSplitRecorder, applyLayerTar, assembleTar, buildTar, encodeHeader, openLayerStream, decodeTarSplitEntry, readTar,
+  TarSplitRecorder, applyLayerTar, assembleTar, assembledTarSize, buildTar, encodeHeader, openLayerStream, decodeTarSplitEntry, readTar,
 } from '../../src/archive/index.js';
 import { bufferStream, collect, errorCode, run, sha256, sink, tempDir } from './helpers.js';
 
@@ -148,6 +148,7 @@ describe('apply → tar-split → assembleTar reproduces the exact tar', () => {
       assert.equal(r.diffId, sha256(tar));
       assert.equal(r.size, tar.length);
       assert.ok(size >= 300_000);
+      assert.equal(await assembledTarSize(Readable.from([out.data()])), tar.length);
       for (const via of ['stream', 'descriptor'] as const) {
         const rebuilt = await assemble(out.data(), target, via);
         assert.equal(rebuilt.length, tar.length, via);
