@@ -6,7 +6,7 @@
 import { spawn } from 'node:child_process';
 import { accessSync, constants } from 'node:fs';
 import { join } from 'node:path';
-import { Readable } from 'node:stream';
+import { Readable, type Writable } from 'node:stream';
 import { createGunzip } from 'node:zlib';
 import type * as FzstdModule from 'fzstd';
 import { isStrataError, strataError } from '../errors.js';
@@ -148,6 +148,19 @@ function zstdProcessError(code: number | null, stderr: string): Error {
   return strataError('INVALID_ARCHIVE', `zstd layer is corrupt: ${said}`);
 }
 
+/** Until `stream` has room again or is closed (listeners removed either way). */
+function drainedOrClosed(stream: Writable): Promise<void> {
+  return new Promise((resolve) => {
+    const done = (): void => {
+      stream.off('drain', done);
+      stream.off('close', done);
+      resolve();
+    };
+    stream.on('drain', done);
+    stream.on('close', done);
+  });
+}
+
 /**
  * The host's zstd, run as a filter: about five times fzstd's speed, on another core, with the
  * window's memory in its own process (and capped at the same limit). containerd prefers the
@@ -167,9 +180,7 @@ async function* zstdProcessDecode(binary: string, input: AsyncGenerator<Buffer>)
     try {
       for await (const chunk of input) {
         if (child.stdin.destroyed) return;
-        if (!child.stdin.write(chunk)) {
-          await new Promise<void>((resolve) => { child.stdin.once('drain', resolve); child.stdin.once('close', resolve); });
-        }
+        if (!child.stdin.write(chunk)) await drainedOrClosed(child.stdin);
       }
       child.stdin.end();
     } catch (err) {

@@ -86,6 +86,27 @@ for (const [label, opts] of decoders) {
 }
 
 describe('the host\'s zstd as a filter', () => {
+  it('feeds zstd with backpressure and leaves no listeners behind', async () => {
+    const random = run('sh', ['-c', 'head -c 16777216 /dev/urandom']);
+    const packed = run('zstd', ['-q', '-c', '-1'], { input: random });
+    const warnings: string[] = [];
+    const onWarning = (w: Error): void => { warnings.push(w.message); };
+    process.on('warning', onWarning);
+    try {
+      const stream = await openLayerStream(bufferStream(packed, 65536), { zstd: 'host' });
+      const got: Buffer[] = [];
+      for await (const chunk of stream) {
+        got.push(chunk as Buffer);
+        await new Promise((r) => setImmediate(r)); // a slow reader: zstd's input backs up again and again
+      }
+      assert.ok(Buffer.concat(got).equals(random));
+      await new Promise((r) => setImmediate(r));
+      assert.deepEqual(warnings, []);
+    } finally {
+      process.off('warning', onWarning);
+    }
+  });
+
   it('is stopped when the reader gives up, and when the input fails', async () => {
     const stream = await openLayerStream(bufferStream(zst, 100), { zstd: 'host' });
     const first = await new Promise<Buffer>((resolve) => stream.once('data', resolve));
