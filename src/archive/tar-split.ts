@@ -283,7 +283,8 @@ export type OpenFile = (name: string, nameRaw?: Buffer) => Promise<Readable | nu
 const OUTPUT_BLOCK = 1 << 20;
 /**
  * A file up to this size is read by blocking reads: from the page cache they take microseconds,
- * and a read on the thread pool costs a round trip of tens (10,000 small files: 5 s -> 0.5 s).
+ * and a read on the thread pool costs a round trip of tens. (With the output in blocks, `save` of
+ * the bench's 10,000-file image went from 5.0 s to 0.9 s.)
  */
 const READ_BLOCKING_MAX = 256 * 1024;
 const readAsync = promisify(read);
