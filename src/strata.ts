@@ -364,7 +364,6 @@ export class Strata {
     return out.sort((a, b) => b.created.localeCompare(a.created));
   }
 
-
   async inspectContainer(nameOrId: string): Promise<ContainerRecord> {
     return this.containers.resolve(nameOrId, this.driver.name);
   }

@@ -218,7 +218,6 @@ export class LayerStore {
     return assembledTarSize(createReadStream(join(this.layerDir(chainId), TAR_SPLIT)));
   }
 
-
   // ---- container layers -------------------------------------------------------------------
 
   private mountDir(containerId: string): string {
