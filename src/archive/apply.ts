@@ -20,6 +20,7 @@ import type { Readable } from 'node:stream';
 import { isErrno, isStrataError, strataError } from '../errors.js';
 import { MAX_FILE, SmallFileWriter } from './file-writer.js';
 import { mknodSync, setXattrSync } from './native.js';
+import { PathSet } from './path-set.js';
 import { RootResolver, baseOf, dirOf, entryPath, goClean } from './paths.js';
 import { TYPE, type TarHeader } from './tar/header.js';
 import { readTar, type TarEntry } from './tar/reader.js';
@@ -68,6 +69,10 @@ const PIPELINE_MAX = MAX_FILE;
 /** Small files before the file writer's thread is started: a small layer is done sooner without. */
 const WRITER_AFTER_FILES = 256;
 const WRITER_BATCHES_IN_FLIGHT = 3;
+/** PathSet flags of the applier's paths. */
+const SEEN = 1;
+const CREATED = 2;
+const UNPACKED = 4;
 const IS_ROOT = typeof process.getuid === 'function' && process.getuid() === 0;
 
 interface PlnkFile { header: TarHeader; tmp: string }
@@ -75,15 +80,17 @@ interface PlnkFile { header: TarHeader; tmp: string }
 class Applier {
   private readonly resolver: RootResolver;
   private readonly lowerResolvers: RootResolver[];
-  private readonly unpacked = new Set<string>();
-  private readonly seen = new Set<string>();
+  /**
+   * Every path the apply has met, kept once (real paths, without the root): entry names as
+   * `${root}/${rel}` flagged SEEN, and real paths CREATED (none existed before: directories,
+   * implicit parents, files) and UNPACKED (whiteouts and opaque directories spare them).
+   */
+  private readonly paths: PathSet;
   private readonly dirTimes: Array<[string, number, number]> = [];
   private readonly plnk = new Map<string, PlnkFile>();
   private plnkDir: string | null = null;
   private readonly chown: boolean;
   private readonly devices: 'create' | 'skip' | 'error';
-  /** Real paths this apply created (directories, implicit parents, files): none existed before. */
-  private readonly created = new Set<string>();
   /** Directories this apply created: whatever is in them, this apply put there. */
   private readonly freshDirs = new Set<string>();
   private readonly inflight = new Set<Promise<void>>();
@@ -98,10 +105,11 @@ class Applier {
   sizeKnown: boolean;
 
   constructor(readonly root: string, private readonly opts: ApplyOptions) {
+    this.paths = new PathSet(`${root}/`);
     this.resolver = new RootResolver(root, {
       create: true,
       onCreate: (real) => {
-        this.created.add(real);
+        this.paths.add(real, CREATED);
         this.freshDirs.add(real);
       },
     });
@@ -123,7 +131,7 @@ class Applier {
 
   /** Whether `path` (in real dir `parent`) cannot exist: nothing but this apply wrote there. */
   private isNew(parent: string | null, path: string): boolean {
-    return parent !== null && this.freshDirs.has(parent) && !this.created.has(path);
+    return parent !== null && this.freshDirs.has(parent) && !this.paths.has(path, CREATED);
   }
 
   async entry(entry: TarEntry): Promise<void> {
@@ -136,10 +144,11 @@ class Applier {
     }
     const rel = entryPath(h.name);
     if (!this.opts.allowDuplicates) {
-      if (this.seen.has(rel)) {
+      const name = `${this.root}/${rel}`;
+      if (this.paths.has(name, SEEN)) {
         throw strataError('DUPLICATE_PATH', `duplicates of file paths not supported: ${h.name}`, { path: h.name });
       }
-      this.seen.add(rel);
+      this.paths.add(name, SEEN);
     }
     const wo = rel === '' ? { kind: 'none' as const } : classifyWhiteout(rel);
     if (wo.kind === 'meta') return;
@@ -169,8 +178,7 @@ class Applier {
         if (this.chown) lchownSync(victim, h.uid, h.gid);
         // the header's times (moby leaves the apply time): re-diffing gives the same whiteout
         lutimesSync(victim, h.atime ?? h.mtime, h.mtime);
-        this.unpacked.add(victim);
-        this.created.add(victim);
+        this.paths.add(victim, CREATED | UNPACKED);
       }
       return;
     }
@@ -189,7 +197,7 @@ class Applier {
       }
       for (const name of names) {
         const p = `${d}/${name}`;
-        if (!this.unpacked.has(p)) {
+        if (!this.paths.has(p, UNPACKED)) {
           this.sizeKnown = false;
           rmSync(p, { recursive: true, force: true });
           this.resolver.invalidate();
@@ -244,8 +252,7 @@ class Applier {
         const fresh = this.isNew(parent, path);
         this.diskSize += entry.dataSize;
         if (fresh && this.concurrency > 1 && entry.dataSize <= PIPELINE_MAX) {
-          this.created.add(path);
-          this.unpacked.add(path);
+          this.paths.add(path, CREATED | UNPACKED);
           await this.pipeline(path, rel, entry);
           return;
         }
@@ -268,7 +275,7 @@ class Applier {
         } else {
           try {
             mkdirSync(path, 0o700);
-            this.created.add(path);
+            this.paths.add(path, CREATED);
             this.freshDirs.add(path);
             this.resolver.remember(rel, path);
           } catch (err) {
@@ -277,7 +284,7 @@ class Applier {
             if (!st.isDirectory()) {
               this.removeExisting(path);
               mkdirSync(path, 0o700);
-              this.created.add(path);
+              this.paths.add(path, CREATED);
               this.freshDirs.add(path);
             }
           }
@@ -325,8 +332,7 @@ class Applier {
         throw strataError('UNSUPPORTED_ARCHIVE',
           `unhandled tar entry type ${JSON.stringify(h.typeflag)} for ${h.name}`, { path: h.name });
     }
-    this.unpacked.add(path);
-    this.created.add(path);
+    this.paths.add(path, CREATED | UNPACKED);
   }
 
   /**

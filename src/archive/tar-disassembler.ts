@@ -10,6 +10,7 @@
 import { isUtf8 } from 'node:buffer';
 import { strataError } from '../errors.js';
 import { Crc64 } from './crc64.js';
+import { PathSet } from './path-set.js';
 import { goClean } from './paths.js';
 import { BLOCK, TYPE, blockPadding, decodeHeader, isHeaderOnlyType, isZeroBlock, type TarHeader } from './tar/header.js';
 import { MAX_SPECIAL_FILE_SIZE, parsePaxRecords, type PaxRecords } from './tar/pax.js';
@@ -43,7 +44,7 @@ export class TarDisassembler {
   private file: TarHeader | null = null;
   private dataSize = 0;
   private crc: Crc64 | null = null;
-  private readonly seen = new Set<string>();
+  private readonly seen = new PathSet();
   private readonly maxMeta: number;
 
   /**
