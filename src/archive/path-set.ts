@@ -7,6 +7,8 @@
  * `prefix` (the layer's root) are kept without it.
  */
 
+import { randomBytes } from 'node:crypto';
+
 const EMPTY = 0;
 /**
  * The first byte of a stored key: 1 when `prefix` was taken off the path, + 2 when the rest is
@@ -26,6 +28,11 @@ export class PathSet {
   /** Entry number + 1 per slot (EMPTY: free); kept at most half full. */
   private table: Int32Array = new Int32Array(2048);
   private scratch: Buffer = Buffer.allocUnsafe(1024);
+  /**
+   * The hash's starting state, random for each set: the paths come from a layer, and names made
+   * to collide under a known hash would turn every lookup into a walk of the table.
+   */
+  private readonly seed = randomBytes(4).readInt32LE(0);
 
   constructor(private readonly prefix = '') {}
 
@@ -36,14 +43,14 @@ export class PathSet {
   /** Whether `path` is in the set with any of `flags`. */
   has(path: string, flags = 0xff): boolean {
     const length = this.encode(path);
-    const slot = this.slotOf(length, hashOf(this.scratch, length));
+    const slot = this.slotOf(length, hashOf(this.scratch, length, this.seed));
     return slot < 0 && (this.flags[this.table[-1 - slot]! - 1]! & flags) !== 0;
   }
 
   /** Put `path` in the set with `flags` (added to those it has). */
   add(path: string, flags = 1): this {
     const length = this.encode(path);
-    const hash = hashOf(this.scratch, length);
+    const hash = hashOf(this.scratch, length, this.seed);
     const slot = this.slotOf(length, hash);
     if (slot < 0) {
       this.flags[this.table[-1 - slot]! - 1]! |= flags;
@@ -110,9 +117,9 @@ export class PathSet {
   }
 }
 
-/** FNV-1a over the first `length` bytes. */
-function hashOf(bytes: Uint8Array, length: number): number {
-  let h = 0x811c9dc5;
+/** FNV-1a over the first `length` bytes, from `seed`. */
+function hashOf(bytes: Uint8Array, length: number, seed: number): number {
+  let h = 0x811c9dc5 ^ seed;
   for (let i = 0; i < length; i++) h = Math.imul(h ^ bytes[i]!, 0x01000193);
   // (mixed once more: FNV's low bits, which pick the slot, are weak for short keys)
   h ^= h >>> 15;
