@@ -6,7 +6,6 @@
  * at 307 MB. Here a path is kept once for all three, as its bytes and ~30 more; paths under
  * `prefix` (the layer's root) are kept without it.
  */
-
 import { randomBytes } from 'node:crypto';
 
 const EMPTY = 0;
