@@ -6,13 +6,14 @@
 import { spawn } from 'node:child_process';
 import { accessSync, constants } from 'node:fs';
 import { join } from 'node:path';
-import { Readable, type Writable } from 'node:stream';
+import { Readable } from 'node:stream';
 import { createGunzip } from 'node:zlib';
 import type * as FzstdModule from 'fzstd';
 import { isStrataError, strataError } from '../errors.js';
 import { FileChunks } from './file-chunks.js';
 import { detectCompression } from './magic.js';
 import { TappedChunks, type TappableChunks } from './tapped-chunks.js';
+import { drainedOrClosed } from '../util/drained.js';
 import { requireCommonJs } from '../util/require-cjs.js';
 
 /** Largest zstd window accepted (zstd's own default decoder limit is 128 MiB, --long=27). */
@@ -146,19 +147,6 @@ function zstdProcessError(code: number | null, stderr: string): Error {
     return strataError('UNSUPPORTED_ARCHIVE', `zstd frame window exceeds the ${MAX_ZSTD_WINDOW}-byte limit`);
   }
   return strataError('INVALID_ARCHIVE', `zstd layer is corrupt: ${said}`);
-}
-
-/** Until `stream` has room again or is closed (listeners removed either way). */
-function drainedOrClosed(stream: Writable): Promise<void> {
-  return new Promise((resolve) => {
-    const done = (): void => {
-      stream.off('drain', done);
-      stream.off('close', done);
-      resolve();
-    };
-    stream.on('drain', done);
-    stream.on('close', done);
-  });
 }
 
 /**

@@ -17,6 +17,7 @@ import { nbdErrnoFor } from './errno-map.js';
 import { blockSizesOf, BASE_ALLOCATION_ID, type Negotiated } from './handshake.js';
 import type { SocketReader, Received } from './socket-reader.js';
 import { BufferPool } from './buffer-pool.js';
+import { drainedOrClosed } from '../util/drained.js';
 import type { NbdExport } from './nbd-export.js';
 
 /** Requests in flight per connection before we stop reading more (nbdcopy keeps 64 per conn). */
@@ -82,17 +83,7 @@ export async function serveTransmission(
   async function readLoop(): Promise<void> {
     for (;;) {
       while (inflight.size >= MAX_INFLIGHT) await nextCompletion();
-      if (socket.writableLength > MAX_QUEUED_REPLY) {
-        await new Promise<void>((resolve) => {
-          const done = (): void => {
-            socket.off('drain', done);
-            socket.off('close', done);
-            resolve();
-          };
-          socket.on('drain', done);
-          socket.on('close', done);
-        });
-      }
+      if (socket.writableLength > MAX_QUEUED_REPLY) await drainedOrClosed(socket);
       let header: Buffer;
       try {
         header = await reader.read(REQUEST_HEADER_LENGTH);
