@@ -81,8 +81,8 @@ class Applier {
   private readonly resolver: RootResolver;
   private readonly lowerResolvers: RootResolver[];
   /**
-   * Every path the apply has met, kept once (real paths, without the root): entry names as
-   * `${root}/${rel}` flagged SEEN, and real paths CREATED (none existed before: directories,
+   * Every path the apply has met, kept once (real paths, without the root): entry names under
+   * the root flagged SEEN, and real paths CREATED (none existed before: directories,
    * implicit parents, files) and UNPACKED (whiteouts and opaque directories spare them).
    */
   private readonly paths: PathSet;
@@ -144,11 +144,10 @@ class Applier {
     }
     const rel = entryPath(h.name);
     if (!this.opts.allowDuplicates) {
-      const name = `${this.root}/${rel}`;
-      if (this.paths.has(name, SEEN)) {
+      if (this.paths.hasUnder(rel, SEEN)) {
         throw strataError('DUPLICATE_PATH', `duplicates of file paths not supported: ${h.name}`, { path: h.name });
       }
-      this.paths.add(name, SEEN);
+      this.paths.addUnder(rel, SEEN);
     }
     const wo = rel === '' ? { kind: 'none' as const } : classifyWhiteout(rel);
     if (wo.kind === 'meta') return;

@@ -41,14 +41,30 @@ export class PathSet {
 
   /** Whether `path` is in the set with any of `flags`. */
   has(path: string, flags = 0xff): boolean {
-    const length = this.encode(path);
-    const slot = this.slotOf(length, hashOf(this.scratch, length, this.seed));
-    return slot < 0 && (this.flags[this.table[-1 - slot]! - 1]! & flags) !== 0;
+    return this.hasKey(this.encode(path), flags);
+  }
+
+  /** `has` for the path `prefix` + `rel`, without making that string. */
+  hasUnder(rel: string, flags = 0xff): boolean {
+    return this.hasKey(this.encodeKey(rel, true), flags);
   }
 
   /** Put `path` in the set with `flags` (added to those it has). */
   add(path: string, flags = 1): this {
-    const length = this.encode(path);
+    return this.addKey(this.encode(path), flags);
+  }
+
+  /** `add` for the path `prefix` + `rel`, without making that string. */
+  addUnder(rel: string, flags = 1): this {
+    return this.addKey(this.encodeKey(rel, true), flags);
+  }
+
+  private hasKey(length: number, flags: number): boolean {
+    const slot = this.slotOf(length, hashOf(this.scratch, length, this.seed));
+    return slot < 0 && (this.flags[this.table[-1 - slot]! - 1]! & flags) !== 0;
+  }
+
+  private addKey(length: number, flags: number): this {
     const hash = hashOf(this.scratch, length, this.seed);
     const slot = this.slotOf(length, hash);
     if (slot < 0) {
@@ -69,14 +85,18 @@ export class PathSet {
     return this;
   }
 
-  /** The key's bytes into `scratch`; returns their length. */
   private encode(path: string): number {
     const under = this.prefix !== '' && path.startsWith(this.prefix);
-    const key = under ? path.slice(this.prefix.length) : path;
+    return this.encodeKey(under ? path.slice(this.prefix.length) : path, under);
+  }
+
+  /** The stored form of `key` (under `prefix` or not) into `scratch`; returns its length. */
+  private encodeKey(key: string, under: boolean): number {
     const most = 1 + 3 * key.length; // UTF-8 takes at most 3 bytes per UTF-16 unit, UTF-16 2
     if (most > this.scratch.length) this.scratch = Buffer.allocUnsafe(Math.max(most, 2 * this.scratch.length));
     const utf16 = !(key as string & { isWellFormed(): boolean }).isWellFormed();
-    this.scratch[0] = (under ? UNDER_PREFIX : 0) + (utf16 ? UTF16 : 0);
+    // (with no prefix, a key "under" it is the whole path)
+    this.scratch[0] = (under && this.prefix !== '' ? UNDER_PREFIX : 0) + (utf16 ? UTF16 : 0);
     return 1 + this.scratch.write(key, 1, utf16 ? 'utf16le' : 'utf8');
   }
 
@@ -99,9 +119,7 @@ export class PathSet {
     this.starts = widened(this.starts, size);
     this.lengths = widened(this.lengths, size);
     this.hashes = widened(this.hashes, size);
-    const flags = new Uint8Array(size);
-    flags.set(this.flags);
-    this.flags = flags;
+    this.flags = widened(this.flags, size);
   }
 
   private rehash(size: number): void {
@@ -125,8 +143,8 @@ function hashOf(bytes: Uint8Array, length: number, seed: number): number {
   return Math.imul(h, 0x2c1b3c6d) ^ (h >>> 13);
 }
 
-function widened(from: Int32Array, size: number): Int32Array {
-  const to = new Int32Array(size);
+function widened<T extends Int32Array | Uint8Array>(from: T, size: number): T {
+  const to = new (from.constructor as new (size: number) => T)(size);
   to.set(from);
   return to;
 }

@@ -17,6 +17,7 @@ import { createGunzip, createGzip, type Gunzip, type Gzip, type ZlibOptions } fr
 import { isStrataError, strataError } from '../errors.js';
 import { Crc64 } from './crc64.js';
 import { goJsonString } from './go-json.js';
+import { PathSet } from './path-set.js';
 import { goClean } from './paths.js';
 import { TarDisassembler } from './tar-disassembler.js';
 
@@ -44,7 +45,6 @@ export function encodeTarSplitEntry(e: TarSplitEntry): string {
   return s;
 }
 
-/** Parse one record (accepts both `name` and `name_raw`, keys in any order). */
 /** Keys as tar-split writes them; others (Go's JSON decoding ignores case) are lower-cased first. */
 const RECORD_KEYS = new Set(['type', 'name', 'name_raw', 'size', 'payload', 'position']);
 
@@ -68,6 +68,7 @@ function recordFields(line: string): Record<string, unknown> & { type: 1 | 2 } {
   return fields as Record<string, unknown> & { type: 1 | 2 };
 }
 
+/** Parse one record (accepts both `name` and `name_raw`, keys in any order and any case). */
 export function decodeTarSplitEntry(line: string): TarSplitEntry {
   const fields = recordFields(line);
   const payload = typeof fields.payload === 'string' ? Buffer.from(fields.payload, 'base64') : null;
@@ -366,7 +367,7 @@ export async function assembleTar(
   opts: { end?: boolean } = {},
 ): Promise<void> {
   const gunzip = tarSplitRecords(tarSplitGz);
-  const seen = new Set<string>();
+  const seen = new PathSet();
   const output = new BlockOutput(out);
   try {
     for await (const line of lines(gunzip)) {

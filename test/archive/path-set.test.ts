@@ -17,13 +17,17 @@ describe('PathSet', () => {
     };
     const set = new PathSet(prefix);
     const oracle = new Set<string>();
+    // a path under the prefix is asked about either whole or by its rest (addUnder, hasUnder)
+    const under = (p: string): string | null => (p.startsWith(prefix) && random() < 0.5 ? p.slice(prefix.length) : null);
     for (let i = 0; i < 200_000; i++) {
       const p = path();
+      const rel = under(p);
       if (random() < 0.5) {
-        set.add(p);
+        if (rel === null) set.add(p);
+        else set.addUnder(rel);
         oracle.add(p);
       } else {
-        assert.equal(set.has(p), oracle.has(p), p);
+        assert.equal(rel === null ? set.has(p) : set.hasUnder(rel), oracle.has(p), p);
       }
     }
     assert.equal(set.size, oracle.size);
@@ -47,6 +51,9 @@ describe('PathSet', () => {
     assert.equal(set.size, 3);
     set.add('/root/a');
     assert.equal(set.size, 3, 'adding again changes nothing');
+    const bare = new PathSet();
+    bare.addUnder('a/b');
+    assert.ok(bare.has('a/b') && bare.hasUnder('a/b'), 'with no prefix, under it is the whole path');
   });
 
   it('keeps flags per path: has() asks for any of them, add() adds to them', () => {
