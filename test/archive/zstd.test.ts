@@ -7,6 +7,7 @@ import { execFileSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
+import { PassThrough } from 'node:stream';
 import { buildTar, openLayerStream, type LayerStreamOptions } from '../../src/archive/index.js';
 import { bufferStream, collect, errorCode, run } from './helpers.js';
 
@@ -55,9 +56,10 @@ for (const [label, opts] of decoders) {
         for (let i = 40; i < flipped.length - 40; i += 97) flipped[i]! ^= 0x5a;
         assert.equal(await errorCode(open(flipped)), 'INVALID_ARCHIVE');
       }
-      // (garbage after a frame header reads as a block longer than what follows: either is fair)
-      const garbage = await errorCode(open(Buffer.concat([Buffer.from([0x28, 0xb5, 0x2f, 0xfd, 0x04, 0x58]), Buffer.alloc(4000, 0xa5)])));
-      assert.ok(garbage === 'INVALID_ARCHIVE' || garbage === 'TRUNCATED_ARCHIVE', garbage);
+      // garbage after a frame header: zstd finds it corrupt; fzstd reads it as a block header
+      // promising more bytes than follow
+      const garbage = Buffer.concat([Buffer.from([0x28, 0xb5, 0x2f, 0xfd, 0x04, 0x58]), Buffer.alloc(4000, 0xa5)]);
+      assert.equal(await errorCode(open(garbage)), opts.zstd === 'host' ? 'INVALID_ARCHIVE' : 'TRUNCATED_ARCHIVE');
       assert.equal(await errorCode(open(Buffer.concat([Buffer.from([0x28, 0xb5, 0x2f, 0xfd, 0x00, 21 << 3]), Buffer.alloc(64)]))), 'UNSUPPORTED_ARCHIVE');
     });
 
@@ -117,7 +119,7 @@ describe('the host\'s zstd as a filter', () => {
     assert.equal(zstdChildren(), 0, 'zstd still runs after the reader gave up');
 
     const failing = bufferStream(zst.subarray(0, 2000), 500);
-    const broken = new (await import('node:stream')).PassThrough();
+    const broken = new PassThrough();
     failing.on('data', (c: Buffer) => broken.write(c));
     failing.on('end', () => broken.destroy(new Error('the disk went away')));
     const err = await openLayerStream(broken, { zstd: 'host' }).then(collect).then(() => null, (e: Error) => e);
