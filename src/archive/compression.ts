@@ -4,8 +4,6 @@
  * what it cannot decompress. Decompression errors become INVALID_ARCHIVE or TRUNCATED_ARCHIVE.
  */
 import { spawn } from 'node:child_process';
-import { accessSync, constants } from 'node:fs';
-import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { createGunzip } from 'node:zlib';
 import type * as FzstdModule from 'fzstd';
@@ -15,6 +13,7 @@ import { detectCompression } from './magic.js';
 import { TappedChunks, type TappableChunks } from './tapped-chunks.js';
 import { drainedOrClosed } from '../util/drained.js';
 import { requireCommonJs } from '../util/require-cjs.js';
+import { which } from '../util/which.js';
 
 /** Largest zstd window accepted (zstd's own default decoder limit is 128 MiB, --long=27). */
 const MAX_ZSTD_WINDOW = 128 << 20;
@@ -190,34 +189,17 @@ async function* zstdProcessDecode(binary: string, input: AsyncGenerator<Buffer>)
 }
 
 /** Where the host's zstd is (looked up once per process), or null. */
-let hostZstd: string | null | undefined;
-
-function findHostZstd(): string | null {
-  if (hostZstd === undefined) {
-    hostZstd = null;
-    for (const dir of (process.env.PATH ?? '').split(':')) {
-      if (!dir) continue;
-      try {
-        accessSync(join(dir, 'zstd'), constants.X_OK);
-        hostZstd = join(dir, 'zstd');
-        break;
-      } catch {
-        // not here
-      }
-    }
-  }
-  return hostZstd;
-}
+let hostZstd: Promise<string | null> | undefined;
 
 export interface LayerStreamOptions {
   /** Which zstd decoder: the host's `zstd` where there is one (the default), or fzstd always. */
   zstd?: 'host' | 'builtin';
 }
 
-function unzstd(input: AsyncGenerator<Buffer>, opts: LayerStreamOptions): AsyncGenerator<Buffer> {
-  const host = opts.zstd === 'builtin' ? null : findHostZstd();
+async function* unzstd(input: AsyncGenerator<Buffer>, opts: LayerStreamOptions): AsyncGenerator<Buffer> {
+  const host = opts.zstd === 'builtin' ? null : await (hostZstd ??= which('zstd'));
   const checked = windowChecked(input);
-  return host ? zstdProcessDecode(host, checked) : fzstdDecode(checked);
+  yield* host ? zstdProcessDecode(host, checked) : fzstdDecode(checked);
 }
 
 /**

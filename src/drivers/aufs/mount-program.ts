@@ -1,10 +1,11 @@
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { access, mkdir, readFile, rm, writeFile, readdir, stat, constants } from 'node:fs/promises';
+import { access, mkdir, readFile, rm, writeFile, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { strataError } from '../../errors.js';
 import { writeFileAtomic } from '../../util/atomic.js';
+import { which } from '../../util/which.js';
 
 const run = promisify(execFile);
 
@@ -26,19 +27,6 @@ export interface BranchSpec {
   work: string;
   /** Absolute mount point. */
   target: string;
-}
-
-async function which(name: string, searchPath: string): Promise<string | null> {
-  for (const dir of searchPath.split(':')) {
-    const p = join(dir, name);
-    try {
-      await access(p, constants.X_OK);
-      return p;
-    } catch {
-      // keep looking
-    }
-  }
-  return null;
 }
 
 /** Pick the mount program, or say exactly what is missing. */
