@@ -10,7 +10,8 @@ import { fileURLToPath } from 'node:url';
 const FILES = Number(process.env.BENCH_ARCHIVE_FILES ?? 10_000);
 const TOTAL = Number(process.env.BENCH_ARCHIVE_BYTES ?? 200 * 1024 * 1024);
 const RUNS = Number(process.env.BENCH_ARCHIVE_RUNS ?? 3);
-const indexUrl = new URL('../src/archive/index.ts', import.meta.url).href;
+// the child runs the compiled library, as a program using Strata would (see built.ts)
+const indexUrl = new URL('../dist/archive/index.js', import.meta.url).href;
 const repo = fileURLToPath(new URL('..', import.meta.url));
 
 /** Deterministic sizes: mostly small files, a few large ones, summing to about TOTAL. */
@@ -48,7 +49,7 @@ function child(script: string): { ms: number; rssMb: number; out: Record<string,
     const out = await (async () => { ${script} })();
     const ms = performance.now() - t0;
     console.log(JSON.stringify({ ms, rssMb: process.resourceUsage().maxRSS / 1024, out: out ?? {} }));`;
-  const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', code], { cwd: repo, maxBuffer: 1 << 24 });
+  const r = spawnSync(process.execPath, ['--input-type=module', '-e', code], { cwd: repo, maxBuffer: 1 << 24 });
   if (r.status !== 0) throw new Error(`bench child failed: ${r.stderr.toString()}`);
   return JSON.parse(r.stdout.toString().trim().split('\n').pop()!) as { ms: number; rssMb: number; out: Record<string, unknown> };
 }

@@ -11,11 +11,15 @@ import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { Readable } from 'node:stream';
 import { randomBytes } from 'node:crypto';
-import { DevicemapperDriver, probeDevicemapper } from '../src/drivers/devicemapper/devicemapper-driver.js';
-import { PoolClient } from '../src/drivers/devicemapper/pool-client.js';
+import type { DevicemapperDriver } from '../src/drivers/devicemapper/devicemapper-driver.js';
 import { run as sh } from '../src/drivers/devicemapper/exec.js';
-import { attachBlockDevice, detachBlockDevice } from '../src/drivers/devicemapper/block-attach.js';
 import { layerTar, file, dir } from '../test/helpers/fstest.js';
+import { built } from './built.js';
+
+// the driver, and so the pool service and the NBD service it starts, as `strata` runs them
+const { DevicemapperDriver: Driver, probeDevicemapper } = await built<typeof import('../src/drivers/devicemapper/devicemapper-driver.js')>('drivers/devicemapper/devicemapper-driver.ts');
+const { PoolClient } = await built<typeof import('../src/drivers/devicemapper/pool-client.js')>('drivers/devicemapper/pool-client.ts');
+const { attachBlockDevice, detachBlockDevice } = await built<typeof import('../src/drivers/devicemapper/block-attach.js')>('drivers/devicemapper/block-attach.ts');
 
 const MB = 1024 ** 2;
 const COUNTS = [10, 100, 1000];
@@ -187,7 +191,7 @@ export async function run(): Promise<void> {
   const work = await mkdtemp(join(process.env.STRATA_BENCH_TMP ?? tmpdir(), 'strata-bench-dm-'));
   const start = Date.now();
   // small base so setup is quick; the 100G data file and 2G metadata file are the defaults
-  const d = await DevicemapperDriver.open({ root: work, options: { 'dm.basesize': '1G', 'dm.blkdiscard': 'false' } });
+  const d = await Driver.open({ root: work, options: { 'dm.basesize': '1G', 'dm.blkdiscard': 'false' } });
   try {
     await d.create('image', null);
     const ops = [dir('usr/lib'), ...Array.from({ length: 40 }, (_, i) => file(`usr/lib/f${i}`, randomBytes(512 * 1024)))];

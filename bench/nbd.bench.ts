@@ -15,12 +15,13 @@ import { mkdtemp, mkdir, rm, open, writeFile, truncate } from 'node:fs/promises'
 import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
-import { MapperRegistry } from '../src/thin/mapper.js';
-import { dmCreate, dmMessage } from '../src/thin/dmsetup.js';
-import { ensureService, stopService } from '../src/nbd/service-client.js';
-import { servicePaths } from '../src/nbd/service-paths.js';
+import { built, builtPath } from './built.js';
+
+const { MapperRegistry } = await built<typeof import('../src/thin/mapper.js')>('thin/mapper.ts');
+const { dmCreate, dmMessage } = await built<typeof import('../src/thin/dmsetup.js')>('thin/dmsetup.ts');
+const { ensureService, stopService } = await built<typeof import('../src/nbd/service-client.js')>('nbd/service-client.ts');
+const { servicePaths } = await built<typeof import('../src/nbd/service-paths.js')>('nbd/service-paths.ts');
 
 const MiB = 1024 * 1024;
 const SIZE = 512 * MiB;
@@ -46,8 +47,7 @@ async function timed(cmd: string, args: string[]): Promise<number> {
 
 /** Start a server process and resolve once its socket accepts (`ready` line or pidfile). */
 async function startOurs(file: string, sock: string): Promise<ChildProcess> {
-  const entry = fileURLToPath(new URL('../src/nbd/serve-main.ts', import.meta.url));
-  const child = spawn(process.execPath, ['--import', import.meta.resolve('tsx'), entry, file, sock], {
+  const child = spawn(process.execPath, [builtPath('nbd/serve-main.ts'), file, sock], {
     stdio: ['ignore', 'pipe', 'inherit'],
     env: { ...process.env, UV_THREADPOOL_SIZE: '16' },
   });
