@@ -2,11 +2,12 @@ import type { Command } from 'commander';
 import { createWriteStream } from 'node:fs';
 import { pipeline } from 'node:stream/promises';
 import { rename, rm } from 'node:fs/promises';
-import type { Readable } from 'node:stream';
+import type { Readable, Writable } from 'node:stream';
 import { Strata } from '../strata.js';
 import { strataError } from '../errors.js';
 import { globalsOf } from './main.js';
 import { formatSize } from '../util/units.js';
+import { drainedOrClosed } from '../util/drained.js';
 import { FileChunks, TappedChunks, isTappable, openFileInput } from '../archive/index.js';
 
 /** Open the library for a subcommand, from the global flags. */
@@ -95,6 +96,16 @@ export function shortId(id: string): string {
  * Stream to FILE through a temp sibling renamed into place at the end, so a failed save or
  * export never leaves a truncated archive under the name asked for; without FILE, to stdout.
  */
+/**
+ * Write `data` to `sink`, waiting while it is full. A sink that is gone ends the command with its
+ * error: EPIPE when the reader went away (`strata thin read t -o - | head`), which main() turns
+ * into a quiet exit 141, instead of a wait for a 'drain' that never comes.
+ */
+export async function writeChunk(sink: Writable, data: Uint8Array | string): Promise<void> {
+  if (!sink.write(data)) await drainedOrClosed(sink);
+  if (sink.destroyed) throw sink.errored ?? Object.assign(new Error('the output was closed'), { code: 'EPIPE' });
+}
+
 export async function writeOutput(stream: Readable, path: string | undefined): Promise<void> {
   if (!path) {
     if (process.stdout.isTTY) throw strataError('INVALID_ARGUMENT', 'cowardly refusing to write a tar to a terminal: use -o FILE or redirect');

@@ -7,7 +7,8 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { access, readFile, stat, truncate, writeFile } from 'node:fs/promises';
-import { strata, strataOk } from '../helpers/cli.js';
+import { spawn } from 'node:child_process';
+import { strata, strataArgsFor, strataOk } from '../helpers/cli.js';
 import { servicePid, stopService } from '../../src/nbd/service-client.js';
 import { servicePaths } from '../../src/nbd/service-paths.js';
 import { NbdClient } from '../../src/nbd/client.js';
@@ -77,6 +78,13 @@ test('dmsetup create serves a thin device; thin write/read through the service; 
   assert.ok(whole.subarray(0, MiB + 7).every((b) => b === 0));
   const stdout = await strata(root, ['thin', 'read', 'thin0', '-o', '-', '--offset', String(MiB + 7), '--length', '4096']);
   assert.equal(stdout.code, 0, stdout.stderr);
+  // a reader that goes away after a little of 64 MiB: a quiet exit 141, the device let go
+  const reader = spawn(process.execPath, strataArgsFor(root, ['thin', 'read', 'thin0', '-o', '-']), { stdio: ['ignore', 'pipe', 'pipe'] });
+  let readerErr = '';
+  reader.stderr.on('data', (d: Buffer) => (readerErr += d.toString()));
+  reader.stdout.once('data', () => reader.stdout.destroy());
+  assert.equal(await new Promise<number | null>((resolve) => reader.on('close', resolve)), 141);
+  assert.equal(readerErr, '');
   assert.equal(await strataOk(root, ['dmsetup', 'status', 'thin0']), `0 ${(64 * MiB) / 512} thin ${49 * 128} ${65 * 128 - 1}`);
   assert.equal(await strataOk(root, ['dmsetup', 'service', 'status']), `running (pid ${pid})\nthin0\t${sock}\t(0 clients)`, 'the CLI hung up');
 

@@ -14,6 +14,7 @@ import { NbdClient } from '../../nbd/client.js';
 import { service, servicePid } from '../../nbd/service-client.js';
 import { lockFile, type FileLock } from '../../util/file-lock.js';
 import { parseSize } from '../../util/units.js';
+import { writeChunk } from '../context.js';
 import { isStrataError, strataError } from '../../errors.js';
 
 const CHUNK = 1 << 20;
@@ -158,7 +159,7 @@ export function registerThinCommands(program: Command): void {
           for (let pos = 0; pos < length; pos += CHUNK) {
             const buf = Buffer.alloc(Math.min(CHUNK, length - pos));
             await dev.read(buf, offset + pos);
-            if (!sink.write(buf)) await new Promise((r) => sink.once('drain', r));
+            await writeChunk(sink, buf);
           }
           return;
         }
@@ -190,9 +191,9 @@ export function registerThinCommands(program: Command): void {
     .option('-o, --output <file>', 'write to a file instead of stdout')
     .action(async (metafile: string, opts: { output?: string }, cmd: Command) => {
       const sink = opts.output ? createWriteStream(opts.output) : process.stdout;
-      await withMetadata(rootOf(cmd), metafile, (md) => dumpXml(md, (s) => {
-        if (!sink.write(s)) return new Promise((r) => sink.once('drain', r));
-      }));
+      // a file's write error is thrown by writeChunk (as sink.errored), not left unhandled
+      if (opts.output) sink.on('error', () => undefined);
+      await withMetadata(rootOf(cmd), metafile, (md) => dumpXml(md, (s) => writeChunk(sink, s)));
       if (opts.output) await new Promise<void>((r, j) => (sink as ReturnType<typeof createWriteStream>).end((e?: Error | null) => (e ? j(e) : r())));
     });
 
