@@ -21,6 +21,7 @@ export const ERROR_CODES = {
   IMAGE_NOT_FOUND: 'NotFound',
   CONTAINER_NOT_FOUND: 'NotFound',
   REFERENCE_NOT_FOUND: 'NotFound',
+  PATH_NOT_FOUND: 'NotFound',
   LAYER_EXISTS: 'AlreadyExists',
   CONTAINER_EXISTS: 'AlreadyExists',
   LAYER_IN_USE: 'FailedPrecondition',

@@ -169,7 +169,7 @@ for (const [driver, unavailable] of readDrivers) {
       try {
         const tar = await layerTar([
           dir('etc'), file('etc/os-release', 'ID=cat\n'), sym('etc/link', 'os-release'), sym('abs', '/etc'),
-          file('bin/tool', '#!', 0o4755), file('etc/gone', 'x'), dir('var/cache'), file('var/cache/old', 'o'),
+          file('bin/tool', '#!', 0o4755), file('etc/gone', 'x'), dir('var/cache'), file('var/cache/old', 'o'), sym('var/loop', 'loop'),
         ]);
         await cli(['import', '-', 'cat:1'], tar);
         assert.equal(await cli(['cat', 'cat:1', '/etc/link']), 'ID=cat');
@@ -190,8 +190,13 @@ for (const [driver, unavailable] of readDrivers) {
         assert.deepEqual((await cli(['ls', 'cat:2', '/var/cache'])).split('\n'), ['new']);
         assert.deepEqual((await cli(['ls', 'cat:1', '/var/cache'])).split('\n'), ['old'], 'the lower image is unchanged');
         const missing = await strata(root, ['--storage-driver', driver, 'cat', 'cat:2', '/etc/gone']);
-        assert.notEqual(missing.code, 0);
-        assert.match(missing.stderr, /ENOENT|no such file/i);
+        assert.deepEqual([missing.code, missing.stderr], [3, 'strata: cat:2: /etc/gone: no such file or directory\n']);
+        const notDir = await strata(root, ['--storage-driver', driver, 'ls', 'cat:2', '/etc/os-release/x']);
+        assert.deepEqual([notDir.code, notDir.stderr], [2, 'strata: cat:2: /etc/os-release/x: not a directory\n']);
+        const isDir = await strata(root, ['--storage-driver', driver, 'cat', 'cat:2', '/abs']);
+        assert.deepEqual([isDir.code, isDir.stderr], [2, 'strata: cat:2: /abs: is a directory\n']);
+        const loop = await strata(root, ['--storage-driver', driver, 'cat', 'cat:2', '/var/loop']);
+        assert.deepEqual([loop.code, loop.stderr], [2, 'strata: cat:2: /var/loop: too many levels of symbolic links\n']);
         await cli(['rm', id]);
       } finally {
         await rm(root, { recursive: true, force: true });
