@@ -4,7 +4,7 @@ import { pipeline } from 'node:stream/promises';
 import { rename, rm } from 'node:fs/promises';
 import type { Readable, Writable } from 'node:stream';
 import { Strata } from '../strata.js';
-import { strataError } from '../errors.js';
+import { isErrno, strataError } from '../errors.js';
 import { globalsOf } from './main.js';
 import { formatSize } from '../util/units.js';
 import { drainedOrClosed } from '../util/drained.js';
@@ -119,6 +119,8 @@ export async function writeOutput(stream: Readable, path: string | undefined): P
     await rename(tmp, path);
   } catch (err) {
     await rm(tmp, { force: true });
+    // (the temporary name is ours: the error names the file asked for)
+    if (isErrno(err) && err.path === tmp) err.path = path;
     throw err;
   }
 }

@@ -53,6 +53,16 @@ function watchForBrokenPipe(): void {
   });
 }
 
+/**
+ * A system call's error as coreutils print one, `PATH: reason` (Node words it
+ * `ENOENT: no such file or directory, open 'PATH'`); any other error's message as it is.
+ */
+function messageOf(err: Error): string {
+  if (err instanceof StrataError || !isErrno(err) || typeof err.path !== 'string' || !err.message.startsWith(`${err.code}: `)) return err.message;
+  const reason = err.message.slice(err.code!.length + 2).split(', ')[0]!;
+  return `${err.path}: ${reason}`;
+}
+
 /** Run the CLI; returns the exit status. Errors print one line on stderr (a stack with --debug). */
 export async function main(argv: string[]): Promise<number> {
   watchForBrokenPipe();
@@ -68,9 +78,9 @@ export async function main(argv: string[]): Promise<number> {
     }
     const debug = argv.includes('--debug') || argv.includes('-D');
     if (debug && err instanceof Error) process.stderr.write(`${err.stack}\n`);
-    else process.stderr.write(`strata: ${err instanceof Error ? err.message : String(err)}\n`);
+    else process.stderr.write(`strata: ${err instanceof Error ? messageOf(err) : String(err)}\n`);
     if (err instanceof StrataError) return exitStatusFor(err.category);
-    return 1;
+    return isErrno(err, 'ENOENT') ? exitStatusFor('NotFound') : 1;
   }
 }
 

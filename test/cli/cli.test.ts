@@ -94,6 +94,11 @@ describe('strata CLI (vfs)', () => {
     assert.equal(badDriver.code, 6);
     const usage = await strata(root, ['create']);
     assert.equal(usage.code, 2);
+    // files named on the command line: the path and the reason, as coreutils say them
+    const noInput = await strata(root, ['--storage-driver', 'vfs', 'import', join(work, 'nosuch.tar')]);
+    assert.deepEqual([noInput.code, noInput.stderr], [3, `strata: ${join(work, 'nosuch.tar')}: no such file or directory\n`]);
+    const noDir = await strata(root, ['--storage-driver', 'vfs', 'save', '-o', join(work, 'nosuch', 'out.tar'), 'base:1']);
+    assert.deepEqual([noDir.code, noDir.stderr], [3, `strata: ${join(work, 'nosuch', 'out.tar')}: no such file or directory\n`]);
   });
 
   it('ends quietly, as a process killed by SIGPIPE, when its reader goes away (save | head -c 10)', async () => {
