@@ -12,62 +12,62 @@ import { MapperRegistry } from '../thin/mapper.js';
 import { dmCreate, dmMessage, dmRemove, dmResume, dmStatus, dmSuspend } from '../thin/dmsetup.js';
 import { parseTable } from '../thin/table.js';
 import { isStrataError } from '../errors.js';
-import { ensureService, servicePid, service } from './service-client.js';
+import { ensureService, neverReached, servicePid, service } from './service-client.js';
 
-async function running(root: string): Promise<boolean> {
-  return (await servicePid(root)) !== null;
+/**
+ * Through the service while it runs, else `direct`; also when the service stopped (idle) between
+ * the look and the call, which then never reached it. `notServed` lets an error of the service
+ * (an inactive device) fall through to `direct` as well.
+ */
+async function routed<T>(root: string, viaService: () => Promise<T>, direct: () => Promise<T>, notServed = (_err: unknown) => false): Promise<T> {
+  if ((await servicePid(root)) !== null) {
+    try {
+      return await viaService();
+    } catch (err) {
+      if (!neverReached(err) && !notServed(err)) throw err;
+    }
+  }
+  return direct();
 }
 
 /** A thin device is created through the service (started if need be) and served at once. */
 export async function routedCreate(root: string, name: string, table: string): Promise<void> {
-  if (parseTable(table).target === 'thin') {
-    await ensureService(root);
-    await service.create(root, name, table);
+  if (parseTable(table).target !== 'thin') {
+    await routed<unknown>(root, () => service.create(root, name, table), () => dmCreate(new MapperRegistry(root), name, table));
     return;
   }
-  if (await running(root)) await service.create(root, name, table);
-  else await dmCreate(new MapperRegistry(root), name, table);
+  for (let attempt = 1; ; attempt++) {
+    await ensureService(root);
+    try {
+      await service.create(root, name, table);
+      return;
+    } catch (err) {
+      if (attempt === 2 || !neverReached(err)) throw err; // (a service that had just stopped: start one)
+    }
+  }
 }
 
 /** Refused (DEVICE_BUSY) while NBD clients have the device open, as the kernel refuses an open device. */
-export async function routedRemove(root: string, name: string): Promise<void> {
-  if (await running(root)) await service.remove(root, name);
-  else await dmRemove(new MapperRegistry(root), name);
+export function routedRemove(root: string, name: string): Promise<void> {
+  return routed(root, () => service.remove(root, name), () => dmRemove(new MapperRegistry(root), name));
 }
 
-export async function routedMessage(root: string, pool: string, sector: string, text: string): Promise<void> {
-  if (sector !== '0' || !(await running(root))) {
-    await dmMessage(new MapperRegistry(root), pool, sector, text);
-    return;
-  }
-  await service.message(root, pool, text);
+export function routedMessage(root: string, pool: string, sector: string, text: string): Promise<void> {
+  const direct = () => dmMessage(new MapperRegistry(root), pool, sector, text);
+  return sector === '0' ? routed(root, () => service.message(root, pool, text), direct) : direct();
 }
 
-export async function routedSuspend(root: string, name: string): Promise<void> {
-  if (await running(root)) {
-    try {
-      await service.suspend(root, name);
-      return;
-    } catch (err) {
-      if (!isStrataError(err, 'DEVICE_NOT_FOUND')) throw err; // not active: only the flag to set
-    }
-  }
-  await dmSuspend(new MapperRegistry(root), name);
+/** (A device the service does not serve: only the registry's flag to set.) */
+const inactive = (err: unknown): boolean => isStrataError(err, 'DEVICE_NOT_FOUND');
+
+export function routedSuspend(root: string, name: string): Promise<void> {
+  return routed(root, () => service.suspend(root, name), () => dmSuspend(new MapperRegistry(root), name), inactive);
 }
 
-export async function routedResume(root: string, name: string): Promise<void> {
-  if (await running(root)) {
-    try {
-      await service.resume(root, name);
-      return;
-    } catch (err) {
-      if (!isStrataError(err, 'DEVICE_NOT_FOUND')) throw err;
-    }
-  }
-  await dmResume(new MapperRegistry(root), name);
+export function routedResume(root: string, name: string): Promise<void> {
+  return routed(root, () => service.resume(root, name), () => dmResume(new MapperRegistry(root), name), inactive);
 }
 
-export async function routedStatus(root: string, name: string): Promise<string> {
-  if (await running(root)) return service.status(root, name);
-  return dmStatus(new MapperRegistry(root), name);
+export function routedStatus(root: string, name: string): Promise<string> {
+  return routed(root, () => service.status(root, name), () => dmStatus(new MapperRegistry(root), name));
 }

@@ -48,13 +48,31 @@ export async function callService(root: string, request: ServiceRequest, timeout
   return reply.result;
 }
 
+/**
+ * The control socket was gone or refused the connection: the request never reached a service
+ * (there is none, or it had just stopped: an idle one stops on its own).
+ */
+export function neverReached(err: unknown): boolean {
+  return isErrno(err, 'ENOENT', 'ECONNREFUSED');
+}
+
 /** The running service's pid, or null when nothing answers on the control socket. */
 export async function servicePid(root: string): Promise<number | null> {
   try {
     const r = (await callService(root, { op: 'ping' }, 5000)) as { pid: number };
     return r.pid;
   } catch (err) {
-    if (isErrno(err, 'ENOENT', 'ECONNREFUSED')) return null;
+    if (neverReached(err)) return null;
+    throw err;
+  }
+}
+
+/** The devices the service serves; none when it is not running (or stopped meanwhile). */
+export async function servedDevices(root: string): Promise<ActiveDevice[]> {
+  try {
+    return await service.list(root);
+  } catch (err) {
+    if (neverReached(err)) return [];
     throw err;
   }
 }

@@ -15,8 +15,14 @@ if (!root) {
 const log = (m: string): void => void process.stderr.write(`${new Date().toISOString()} strata-nbd[${process.pid}] ${m}\n`);
 process.on('unhandledRejection', (err) => log(`unhandled: ${err instanceof Error ? err.stack : String(err)}`));
 
+/** STRATA_NBD_IDLE_EXIT_MS (0: never), else a minute. */
+function idleExitMs(): number | undefined {
+  const ms = Number(process.env.STRATA_NBD_IDLE_EXIT_MS ?? 60_000);
+  return Number.isFinite(ms) && ms > 0 ? ms : undefined;
+}
+
 try {
-  const svc = await NbdService.start(root, { log });
+  const svc = await NbdService.start(root, { log, idleExitMs: idleExitMs() });
   log(`serving ${root}`);
   const shutdown = (signal: string): void => {
     log(`${signal}: stopping`);

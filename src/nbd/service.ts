@@ -11,7 +11,9 @@
  *
  * While the service holds a pool, it holds the pool's exclusive flock: pool messages and new thin
  * devices on that pool must go through the service (`message`, `create`). A pool is released as
- * soon as its last active device is deactivated.
+ * soon as its last active device is deactivated; with `idleExitMs`, the service itself stops once
+ * it has served nothing for that long (the process entry sets it: a forgotten service would hold
+ * ~100 MB and its threads for nothing), and the next command that needs it starts it again.
  */
 import { createServer, type Server, type Socket } from 'node:net';
 import { chmod, rename, rm } from 'node:fs/promises';
@@ -48,6 +50,8 @@ interface Active {
 
 export interface ServiceOptions {
   log?: (message: string) => void;
+  /** Stop once no device has been active, and no control request open, for this long (default: never). */
+  idleExitMs?: number;
 }
 
 export class NbdService {
@@ -62,6 +66,9 @@ export class NbdService {
    */
   private readonly threads = new TransmissionThreads({ maxIdle: 4 });
   private control: Server | undefined;
+  /** Control connections open: a request may be on its way in one. */
+  private controlOpen = 0;
+  private idleTimer: NodeJS.Timeout | undefined;
   private queue: Promise<unknown> = Promise.resolve();
   private stopping: Promise<void> | undefined;
   /** Resolves once `stop()` has finished (the process entry exits on it). */
@@ -87,6 +94,7 @@ export class NbdService {
       // the pid file first: once the control socket answers, everything a client looks at is there
       await writeFileAtomic(paths.pid, `${process.pid}\n`);
       await svc.listenControl();
+      svc.watchIdle();
     } catch (err) {
       await svc.stop();
       throw err;
@@ -98,10 +106,30 @@ export class NbdService {
     this.options.log?.(message);
   }
 
-  /** Control operations run one at a time. */
+  /**
+   * Arm the idle stop while nothing is served and no request is open; disarm it otherwise. It
+   * stops from inside the control queue, so no operation runs meanwhile, and in the same tick
+   * as its check, so no control connection can arrive in between.
+   */
+  private watchIdle(): void {
+    clearTimeout(this.idleTimer);
+    this.idleTimer = undefined;
+    const ms = this.options.idleExitMs;
+    if (ms === undefined || this.stopping || this.active.size > 0 || this.controlOpen > 0) return;
+    this.idleTimer = setTimeout(() => {
+      void this.serial(async () => {
+        if (this.stopping || this.active.size > 0 || this.controlOpen > 0) return;
+        this.log(`nothing served for ${ms} ms: stopping`);
+        void this.stop(); // (not awaited: stop waits for this queue)
+      });
+    }, ms);
+  }
+
+  /** Control operations run one at a time (the queue also runs the idle stop). */
   private serial<T>(fn: () => Promise<T>): Promise<T> {
     const next = this.queue.then(fn, fn);
-    this.queue = next.catch(() => undefined);
+    // (what an operation activated or deactivated decides whether idling starts)
+    this.queue = next.catch(() => undefined).then(() => this.watchIdle());
     return next;
   }
 
@@ -254,6 +282,7 @@ export class NbdService {
 
   /** Stop serving everything: finish in-flight requests, flush, commit and close the pools. */
   stop(): Promise<void> {
+    clearTimeout(this.idleTimer);
     this.stopping ??= (async () => {
       await new Promise<void>((resolve) => (this.control ? this.control.close(() => resolve()) : resolve()));
       await this.queue.catch(() => undefined);
@@ -353,6 +382,12 @@ export class NbdService {
   }
 
   private async serveControl(socket: Socket): Promise<void> {
+    this.controlOpen++;
+    this.watchIdle();
+    socket.on('close', () => {
+      this.controlOpen--;
+      this.watchIdle();
+    });
     socket.on('error', () => undefined);
     // (not `for await`: leaving that loop early destroys the socket before we can answer)
     const text = await new Promise<string>((resolve) => {

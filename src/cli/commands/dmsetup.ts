@@ -6,7 +6,7 @@ import { MapperRegistry, normalisePoolTable } from '../../thin/mapper.js';
 import { dmReload, dmResume, dmTable } from '../../thin/dmsetup.js';
 import { formatTable, parseTable } from '../../thin/table.js';
 import { routedCreate, routedMessage, routedRemove, routedResume, routedStatus, routedSuspend } from '../../nbd/dmsetup-routing.js';
-import { ensureService, service, servicePid, stopService } from '../../nbd/service-client.js';
+import { ensureService, service, servedDevices, servicePid, stopService } from '../../nbd/service-client.js';
 import { strataError } from '../../errors.js';
 
 /** The data root (`--root`, else the default). */
@@ -27,7 +27,7 @@ export async function refuseIfServiceHolds(root: string, metadataPath: string): 
   const pid = await servicePid(root);
   if (pid === null) return;
   const reg = new MapperRegistry(root);
-  const served = await service.list(root);
+  const served = await servedDevices(root);
   for (const pool of new Set(served.map((d) => d.pool))) {
     if ((await reg.poolTable(pool)).table.metadataDev !== resolve(metadataPath)) continue;
     const users = served.filter((d) => d.pool === pool).map((d) => d.name).sort().join(', ');
@@ -49,7 +49,7 @@ async function resume(root: string, name: string): Promise<void> {
   const entry = await new MapperRegistry(root).get(name);
   const t = parseTable(entry.table);
   const running = entry.inactiveTable !== undefined && (await servicePid(root)) !== null;
-  const served = running ? (await service.list(root)).filter((d) => (t.target === 'thin-pool' ? d.pool === name : d.name === name)) : [];
+  const served = running ? (await servedDevices(root)).filter((d) => (t.target === 'thin-pool' ? d.pool === name : d.name === name)) : [];
   if (served.length === 0) return routedResume(root, name);
   const reactivate = async (names: string[]): Promise<void> => {
     for (const n of names) await service.activate(root, n);
@@ -158,7 +158,7 @@ export function registerDmsetupCommands(program: Command): void {
       if (opts.format !== 'text' && opts.format !== 'json') throw strataError('INVALID_ARGUMENT', `--format must be text or json, not ${opts.format}`);
       const root = rootOf(cmd);
       const pid = await servicePid(root);
-      const devices = pid === null ? [] : (await service.list(root)).sort((a, b) => a.name.localeCompare(b.name));
+      const devices = pid === null ? [] : (await servedDevices(root)).sort((a, b) => a.name.localeCompare(b.name));
       if (opts.format === 'json') return out(JSON.stringify({ running: pid !== null, pid, devices }, null, 2));
       out(pid === null ? 'not running' : `running (pid ${pid})`);
       for (const d of devices) out(`${d.name}\t${d.socket}\t(${d.clients} client${d.clients === 1 ? '' : 's'}${d.suspended ? ', suspended' : ''})`);

@@ -11,7 +11,7 @@ import { dumpXml } from '../../thin/xml.js';
 import { restoreXml } from '../../thin/restore.js';
 import { checkMetadata } from '../../thin/check.js';
 import { NbdClient } from '../../nbd/client.js';
-import { service, servicePid } from '../../nbd/service-client.js';
+import { neverReached, service, servicePid } from '../../nbd/service-client.js';
 import { lockFile, type FileLock } from '../../util/file-lock.js';
 import { parseSize } from '../../util/units.js';
 import { writeChunk } from '../context.js';
@@ -53,7 +53,11 @@ interface DeviceIo {
  * pool is opened here. Suspended devices and pools refuse I/O either way.
  */
 async function openDevice(root: string, name: string): Promise<DeviceIo> {
-  if ((await servicePid(root)) === null) {
+  const active = (await servicePid(root)) === null ? null : await service.activate(root, name).catch((err: unknown) => {
+    if (neverReached(err)) return null; // (it had just stopped, idle)
+    throw err;
+  });
+  if (active === null) {
     const { pool, dev } = await openNamedThin(new MapperRegistry(root), name);
     return {
       size: dev.size,
@@ -64,7 +68,6 @@ async function openDevice(root: string, name: string): Promise<DeviceIo> {
       close: () => pool.close(),
     };
   }
-  const active = await service.activate(root, name);
   // the service lets I/O to a suspended device wait for resume; the CLI refuses it, as without the service
   for (const e of [await new MapperRegistry(root).get(active.pool), { name, suspended: active.suspended }]) {
     if (e.suspended) throw strataError('DEVICE_SUSPENDED', `${e.name} is suspended`, { id: e.name });
