@@ -15,9 +15,9 @@ if (!root) {
 const log = (m: string): void => void process.stderr.write(`${new Date().toISOString()} strata-nbd[${process.pid}] ${m}\n`);
 process.on('unhandledRejection', (err) => log(`unhandled: ${err instanceof Error ? err.stack : String(err)}`));
 
-/** STRATA_NBD_IDLE_EXIT_MS (0: never), else a minute. */
+/** STRATA_NBD_IDLE_MS (0: never), else 15 s, as the devicemapper pool service (STRATA_DM_IDLE_MS). */
 function idleExitMs(): number | undefined {
-  const ms = Number(process.env.STRATA_NBD_IDLE_EXIT_MS ?? 60_000);
+  const ms = Number(process.env.STRATA_NBD_IDLE_MS ?? 15_000);
   return Number.isFinite(ms) && ms > 0 ? ms : undefined;
 }
 

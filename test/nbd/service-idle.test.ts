@@ -77,7 +77,7 @@ test('a service stops once it has served nothing, and no control request was ope
 
 test('dmsetup remove of the last device: the service goes away by itself; create starts one again', async () => {
   const { root } = await poolRoot();
-  process.env.STRATA_NBD_IDLE_EXIT_MS = String(IDLE_MS); // (inherited by the CLI, then by the service it starts)
+  process.env.STRATA_NBD_IDLE_MS = String(IDLE_MS); // (inherited by the CLI, then by the service it starts)
   try {
     await strataOk(root, ['dmsetup', 'message', 'pool', '0', 'create_thin 1']);
     await strataOk(root, ['dmsetup', 'create', 'thin1', '--table', `0 ${(16 * MiB) / 512} thin pool 1`]);
@@ -97,6 +97,6 @@ test('dmsetup remove of the last device: the service goes away by itself; create
     const next = await servicePid(root);
     assert.ok(next !== null && next !== pid, 'a new service serves the new device');
   } finally {
-    delete process.env.STRATA_NBD_IDLE_EXIT_MS;
+    delete process.env.STRATA_NBD_IDLE_MS;
   }
 });
