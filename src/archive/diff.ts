@@ -85,17 +85,23 @@ async function addFile(w: TarWriter, h: HeaderInput, abs: string): Promise<void>
   const size = h.size;
   const fd = openSync(abs, 'r');
   try {
-    async function* body(): AsyncGenerator<Buffer> {
-      let left = size;
-      while (left > 0) {
-        const buf = Buffer.allocUnsafe(Math.min(READ_CHUNK, left));
-        const n = readSync(fd, buf, 0, buf.length, null);
-        if (n === 0) {
-          throw strataError('INVALID_ARGUMENT', `${abs} shrank while it was being archived`, { path: abs });
-        }
-        left -= n;
-        yield n === buf.length ? buf : buf.subarray(0, n);
+    const read = (length: number): Buffer => {
+      const buf = Buffer.allocUnsafe(length);
+      let at = 0;
+      while (at < length) {
+        const n = readSync(fd, buf, at, length - at, null);
+        if (n === 0) throw strataError('INVALID_ARGUMENT', `${abs} shrank while it was being archived`, { path: abs });
+        at += n;
       }
+      return buf;
+    };
+    if (size <= READ_CHUNK) {
+      // most files: one read, no generator
+      await w.add(h, read(size));
+      return;
+    }
+    async function* body(): AsyncGenerator<Buffer> {
+      for (let left = size; left > 0; left -= READ_CHUNK) yield read(Math.min(READ_CHUNK, left));
     }
     await w.add(h, body());
   } finally {

@@ -6,7 +6,7 @@ import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { isStrataError } from '../../src/errors.js';
 import {
-  BLOCK, Crc64, TYPE, buildTar, classifyWhiteout, crc64, decodeHeader, decodeTarSplitEntry, encodeHeader,
+  BLOCK, Crc64, TYPE, TarWriter, buildTar, classifyWhiteout, crc64, decodeHeader, decodeTarSplitEntry, encodeHeader,
   encodePaxRecords, encodeTarSplitEntry, entryPath, goClean, opaqueName, parsePaxRecords, readTar,
   resealHeader, whiteoutName, withChecksum,
 } from '../../src/archive/index.js';
@@ -126,6 +126,60 @@ describe('tar header codec', () => {
     assert.doesNotThrow(() => decodeHeader(withChecksum(block, signed)));
     assert.doesNotThrow(() => decodeHeader(withChecksum(block, unsigned)));
     assert.equal(code(() => decodeHeader(withChecksum(block, 12345))), 'INVALID_ARCHIVE');
+  });
+});
+
+describe('TarWriter', () => {
+  const entries = (): Array<{ name: string; data: Buffer }> => [
+    ...Array.from({ length: 3000 }, (_, i) => ({ name: `small/f${i}`, data: Buffer.alloc(i % 700, i) })),
+    { name: 'big/exactly-64k', data: Buffer.alloc(64 * 1024, 1) },
+    { name: 'big/3m', data: Buffer.alloc(3 * 1024 * 1024 + 5, 2) },
+    { name: 'after', data: Buffer.from('the end') },
+  ];
+
+  it('writes the bytes buildTar writes, gathering small pushes into blocks (bodies as Buffers and as chunk iterables)', async () => {
+    const expected = buildTar(entries().map(({ name, data }) => ({ header: { name }, data })));
+    for (const asChunks of [false, true]) {
+      const w = new TarWriter();
+      const chunks: Buffer[] = [];
+      const read = (async () => { for await (const c of w) chunks.push(c as Buffer); })();
+      for (const { name, data } of entries()) {
+        const body = asChunks ? (async function* () { for (let i = 0; i < data.length; i += 10_000) yield data.subarray(i, i + 10_000); })() : data;
+        await w.add({ name, size: data.length }, body);
+      }
+      await w.finish();
+      await read;
+      assert.ok(Buffer.concat(chunks).equals(expected), `asChunks=${asChunks}`);
+      assert.equal(w.bytes, expected.length);
+      assert.ok(chunks.length < 3000 / 10, `${chunks.length} pushes for 3,003 entries`);
+    }
+  });
+
+  it('waits while nobody reads: what it holds stays bounded', async () => {
+    const w = new TarWriter({ highWaterMark: 1 << 20 });
+    let added = 0;
+    const adding = (async () => {
+      for (const { name, data } of entries()) {
+        await w.add({ name, size: data.length }, data);
+        added++;
+      }
+      await w.finish();
+    })();
+    await new Promise((r) => setTimeout(r, 100));
+    assert.ok(added < entries().length, 'the producer waits for the reader');
+    assert.ok(w.readableLength <= 2 << 20, `${w.readableLength} bytes held`);
+    const chunks: Buffer[] = [];
+    for await (const c of w) chunks.push(c as Buffer);
+    await adding;
+    assert.equal(Buffer.concat(chunks).length, w.bytes);
+  });
+
+  it('a destroyed writer fails the producer waiting on it', async () => {
+    const w = new TarWriter({ highWaterMark: 1024 });
+    const adding = (async () => { for (const { name, data } of entries()) await w.add({ name, size: data.length }, data); })();
+    await new Promise((r) => setTimeout(r, 50));
+    w.destroy();
+    await assert.rejects(adding, (err: unknown) => isStrataError(err, 'INTERNAL'));
   });
 });
 
