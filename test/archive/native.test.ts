@@ -1,12 +1,13 @@
 // mknod(2) through libc (src/archive/native.ts) against coreutils' mknod(1): the same device
-// numbers, type and permission bits, including numbers that need dev_t's split encoding.
+// numbers, type and permission bits, including numbers that need dev_t's split encoding; and
+// xattrs listed through libc against attr's getfattr.
 import { describe, it, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { lstatSync, mkdtempSync, rmSync } from 'node:fs';
+import { lstatSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { makedev, mknodSync } from '../../src/archive/native.js';
+import { listXattrsSync, makedev, mknodSync, setXattrSync } from '../../src/archive/native.js';
 import { IS_ROOT } from './helpers.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'strata-native-'));
@@ -47,5 +48,26 @@ describe('mknodSync', () => {
       assert.equal(ours.rdev, makedev(major, minor), name);
       assert.equal(ours.mode, ref.mode, name);
     }
+  });
+});
+
+describe('listXattrsSync', () => {
+  it('lists what getfattr lists, sorted, with values; a symlink\'s own (none), not its target\'s', (ctx) => {
+    const file = join(dir, 'xattrs');
+    writeFileSync(file, '');
+    const names = ['user.zeta', 'user.a', 'user.with space', `user.${'long'.repeat(50)}`];
+    for (const [i, name] of names.entries()) {
+      if (!setXattrSync(file, name, Buffer.from(`value ${i}`))) return ctx.skip('this filesystem takes no user xattrs');
+    }
+    const getfattr = spawnSync('getfattr', ['--absolute-names', '-d', '-m', '-', file], { encoding: 'utf8' });
+    if (getfattr.error) return ctx.skip('getfattr (attr) is not installed');
+    const listed = [...getfattr.stdout.matchAll(/^([^#=\n]+)=/gm)].map((m) => m[1]!).sort();
+    const ours = listXattrsSync(file);
+    assert.deepEqual([...ours.keys()], listed);
+    assert.deepEqual([...ours.keys()], [...names].sort());
+    assert.equal(ours.get('user.with space')?.toString(), 'value 2');
+    symlinkSync(file, join(dir, 'xattrs-link'));
+    assert.deepEqual([...listXattrsSync(join(dir, 'xattrs-link')).keys()], []);
+    assert.throws(() => listXattrsSync(join(dir, 'missing')), (err: NodeJS.ErrnoException) => err.code === 'ENOENT');
   });
 });
