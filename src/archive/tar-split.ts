@@ -34,6 +34,13 @@ export interface TarSplitEntry {
   position: number;
 }
 
+/** Bytes that base64 text (padded, as Go writes it) decodes to. */
+function base64Length(b: Buffer, from: number, to: number): number {
+  let pad = 0;
+  while (to - pad > from && b[to - pad - 1] === 0x3d) pad++;
+  return Math.floor(((to - from) * 3) / 4) - pad;
+}
+
 /** One NDJSON line (with its newline), byte-identical to Go's json.Encoder output. */
 export function encodeTarSplitEntry(e: TarSplitEntry): string {
   let s = `{"type":${e.type}`;
@@ -239,21 +246,71 @@ export class TarSplitRecorder extends Transform {
   }
 }
 
-async function* lines(source: Readable): AsyncGenerator<string> {
-  let carry = '';
-  for await (const chunk of source) {
-    const text = carry + (chunk as Buffer).toString('utf8');
+/** Longest record line taken (a header's segment is at most 16 metadata blocks of 1 MiB, in base64). */
+const MAX_LINE = 64 << 20;
+
+/**
+ * The lines of NDJSON as bytes, a chunk's worth at a time, each valid until the next batch is
+ * asked for: a yield per line cost a promise per record (a layer of 300,000 files has 600,000),
+ * and decoding each line to a string cost as much again (segments need no string: decodeLine).
+ */
+async function* lineBatches(source: Readable): AsyncGenerator<Buffer[]> {
+  let carry: Buffer | null = null;
+  for await (const c of source) {
+    const chunk = c as Buffer;
+    const batch: Buffer[] = [];
     let start = 0;
-    for (;;) {
-      const nl = text.indexOf('\n', start);
-      if (nl === -1) break;
-      const line = text.slice(start, nl).trim();
-      if (line) yield line;
+    if (carry !== null) {
+      const nl = chunk.indexOf(0x0a);
+      if (nl === -1) {
+        carry = Buffer.concat([carry, chunk]);
+        if (carry.length > MAX_LINE) throw strataError('INVALID_ARCHIVE', `tar-split: a record line longer than ${MAX_LINE} bytes`);
+        continue;
+      }
+      batch.push(Buffer.concat([carry, chunk.subarray(0, nl)]));
+      carry = null;
       start = nl + 1;
     }
-    carry = text.slice(start);
+    for (let nl = chunk.indexOf(0x0a, start); nl !== -1; nl = chunk.indexOf(0x0a, start)) {
+      if (nl > start) batch.push(chunk.subarray(start, nl));
+      start = nl + 1;
+    }
+    if (start < chunk.length) carry = Buffer.from(chunk.subarray(start));
+    if (batch.length > 0) yield batch;
   }
-  if (carry.trim()) yield carry.trim();
+  if (carry !== null) yield [carry];
+}
+
+/** What every segment line of tar-split begins with, as Go's encoder writes it. */
+const SEGMENT_HEAD = Buffer.from('{"type":2,"payload":"');
+const SEGMENT_TAIL = Buffer.from('","position":');
+
+/**
+ * Where a segment line as tar-split writes it holds its base64 payload, and its position; null
+ * for any other line (file entries, other spellings), which goes through JSON.parse.
+ */
+function segmentLine(line: Buffer): { from: number; to: number; position: number } | null {
+  if (line.length < SEGMENT_HEAD.length + SEGMENT_TAIL.length + 2 || line.compare(SEGMENT_HEAD, 0, SEGMENT_HEAD.length, 0, SEGMENT_HEAD.length) !== 0) return null;
+  const from = SEGMENT_HEAD.length;
+  const to = line.indexOf(0x22, from);
+  if (to === -1 || line.compare(SEGMENT_TAIL, 0, SEGMENT_TAIL.length, to, to + SEGMENT_TAIL.length) !== 0) return null;
+  let position = 0;
+  let i = to + SEGMENT_TAIL.length;
+  const digits = i;
+  for (; i < line.length && line[i]! >= 0x30 && line[i]! <= 0x39; i++) position = position * 10 + line[i]! - 0x30;
+  if (i === digits || i - digits > 15 || line[i] !== 0x7d) return null;
+  for (i++; i < line.length; i++) if (line[i] !== 0x20 && line[i] !== 0x0d && line[i] !== 0x09) return null;
+  // (a backslash would be a JSON escape: JSON.parse decodes those)
+  if (line.subarray(from, to).includes(0x5c)) return null;
+  return { from, to, position };
+}
+
+/** One record from its line's bytes; null for a blank line. */
+function decodeLine(line: Buffer): TarSplitEntry | null {
+  const seg = segmentLine(line);
+  if (seg) return { type: SEGMENT_TYPE, payload: Buffer.from(line.toString('latin1', seg.from, seg.to), 'base64'), position: seg.position };
+  const text = line.toString('utf8').trim();
+  return text === '' ? null : decodeTarSplitEntry(text);
 }
 
 async function writeOut(out: Writable, data: Buffer): Promise<void> {
@@ -370,8 +427,9 @@ export async function assembleTar(
   const seen = new PathSet();
   const output = new BlockOutput(out);
   try {
-    for await (const line of lines(gunzip)) {
-      const e = decodeTarSplitEntry(line);
+    for await (const batch of lineBatches(gunzip)) for (const line of batch) {
+      const e = decodeLine(line);
+      if (e === null) continue;
       if (e.type === SEGMENT_TYPE) {
         if (e.payload) await output.append(e.payload);
         continue;
@@ -428,8 +486,15 @@ export async function assembledTarSize(tarSplitGz: Readable): Promise<number> {
   const gunzip = tarSplitRecords(tarSplitGz);
   let total = 0;
   try {
-    for await (const line of lines(gunzip)) {
-      const { type, payload, size } = recordFields(line);
+    for await (const batch of lineBatches(gunzip)) for (const line of batch) {
+      const seg = segmentLine(line);
+      if (seg) {
+        total += base64Length(line, seg.from, seg.to);
+        continue;
+      }
+      const text = line.toString('utf8').trim();
+      if (text === '') continue;
+      const { type, payload, size } = recordFields(text);
       if (type === SEGMENT_TYPE) total += typeof payload === 'string' ? Buffer.byteLength(payload, 'base64') : 0;
       else total += typeof size === 'number' ? size : 0;
     }

@@ -6,7 +6,7 @@ import { createReadStream, mkdirSync, mkdtempSync, openSync, readFileSync, symli
 import { PassThrough, Readable } from 'node:stream';
 import { gunzipSync, gzipSync } from 'node:zlib';
 import {
-  TarSplitRecorder, applyLayerTar, assembleTar, assembledTarSize, buildTar, encodeHeader, openLayerStream, decodeTarSplitEntry, readTar,
+  TarSplitRecorder, applyLayerTar, assembleTar, assembledTarSize, buildTar, crc64, encodeHeader, openLayerStream, decodeTarSplitEntry, readTar,
 } from '../../src/archive/index.js';
 import { bufferStream, collect, errorCode, run, sha256, sink, tempDir } from './helpers.js';
 
@@ -108,6 +108,60 @@ describe('tar-split records', () => {
     } finally {
       t.cleanup();
     }
+  });
+});
+
+describe('reading tar-split records', () => {
+  /**
+   * Records as tar-split writes them and as other writers might: keys reordered or in other case,
+   * spaces, CRLF, blank lines, JSON escapes in a payload; across many inflated pieces. Segments in
+   * tar-split's own shape are read without JSON (tar-split.ts segmentLine), the rest through it:
+   * the bytes rebuilt, and the size summed, must not tell them apart.
+   */
+  it('reads every spelling of a record the same way, whatever line crosses a piece boundary', async () => {
+    let seed = 7;
+    const rand = (n: number): number => {
+      seed = (seed * 1103515245 + 12345) >>> 0;
+      return seed % n;
+    };
+    const files = new Map<string, Buffer>();
+    const expected: Buffer[] = [];
+    const lines: string[] = [];
+    for (let i = 0; i < 3000; i++) {
+      const payload = Buffer.from(Array.from({ length: rand(1500) }, () => rand(256)));
+      expected.push(payload);
+      const b64 = payload.toString('base64');
+      switch (i % 6) {
+        case 0: lines.push(`{"type":2,"payload":${JSON.stringify(b64)},"position":${i}}`); break;
+        case 1: lines.push(`{"position":${i},"type":2,"payload":"${b64}"}`); break;
+        case 2: lines.push(`  {"Type":2,"PAYLOAD":"${b64}","position":${i}}\r`); break;
+        case 3: lines.push(`{"type":2,"payload":"${b64.replaceAll('+', '\\u002b').replaceAll('/', '\\/')}","position":${i}}`); break;
+        case 4: lines.push(`{"type":2,"payload":"${b64}","position":${i}}   `, ''); break;
+        default: {
+          const name = `dir/fïle ${i}`;
+          const data = Buffer.from(`data of ${i}\n`);
+          files.set(name, data);
+          expected.push(data);
+          lines.push(`{"type":2,"payload":"${b64}","position":${i}}`);
+          lines.push(`{"type":1,"name":${JSON.stringify(name)},"size":${data.length},"payload":"${crc64(data).toString('base64')}","position":${i}}`);
+        }
+      }
+    }
+    const gz = gzipSync(`${lines.join('\n')}\n`);
+    const want = Buffer.concat(expected);
+    for (const piece of [1, 4096, 65_536]) {
+      assert.equal(await assembledTarSize(bufferStream(gz, piece)), want.length);
+      const out = new PassThrough();
+      const done = collect(out);
+      await assembleTar(bufferStream(gz, piece), (name) => Promise.resolve(Readable.from([files.get(name)!])), out);
+      out.end();
+      assert.ok((await done).equals(want), `pieces of ${piece}`);
+    }
+  });
+
+  it('refuses a record line past 64 MiB instead of holding it', async () => {
+    const gz = gzipSync(Buffer.alloc(65 << 20, 0x41));
+    assert.equal(await errorCode(assembledTarSize(Readable.from([gz]))), 'INVALID_ARCHIVE');
   });
 });
 
