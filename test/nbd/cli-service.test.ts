@@ -6,13 +6,13 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { access, readFile, stat, truncate, writeFile } from 'node:fs/promises';
+import { access, readFile, stat, writeFile } from 'node:fs/promises';
 import { spawn } from 'node:child_process';
 import { strata, strataArgsFor, strataOk } from '../helpers/cli.js';
 import { servicePid, stopService } from '../../src/nbd/service-client.js';
 import { servicePaths } from '../../src/nbd/service-paths.js';
 import { NbdClient } from '../../src/nbd/client.js';
-import { tempDir, runOk, unixUri, haveCommand } from './helpers.js';
+import { poolFiles, tempDir, runOk, unixUri, haveCommand } from './helpers.js';
 
 const MiB = 1024 * 1024;
 const state: { root?: string; cleanup?: () => Promise<void>; pids: number[] } = { pids: [] };
@@ -36,16 +36,11 @@ test('dmsetup create serves a thin device; thin write/read through the service; 
   const { dir, cleanup } = await tempDir('strata-cli-svc-');
   const root = join(dir, 'root');
   Object.assign(state, { root, cleanup });
-  const meta = join(dir, 'meta');
-  const data = join(dir, 'data');
-  await writeFile(meta, '');
-  await truncate(meta, 8 * MiB);
-  await writeFile(data, '');
-  await truncate(data, 256 * MiB);
+  const { meta, table: poolTable } = await poolFiles(dir, 8 * MiB, 256 * MiB);
   const paths = servicePaths(root);
   const sock = paths.device('thin0');
 
-  await strataOk(root, ['dmsetup', 'create', 'pool', '--table', `0 ${(256 * MiB) / 512} thin-pool ${meta} ${data} 128 16`]);
+  await strataOk(root, ['dmsetup', 'create', 'pool', '--table', poolTable]);
   await strataOk(root, ['dmsetup', 'message', 'pool', '0', 'create_thin 0']);
   assert.equal(await strataOk(root, ['dmsetup', 'service', 'status']), 'not running', 'a pool alone needs no service');
   await strataOk(root, ['dmsetup', 'create', 'thin0', '--table', `0 ${(64 * MiB) / 512} thin pool 0`]);
@@ -101,7 +96,7 @@ test('dmsetup create serves a thin device; thin write/read through the service; 
   assert.equal(live.code, 5, live.stderr);
   assert.match(live.stderr, new RegExp(`held open by the strata NBD service \\(pid ${pid}\\) serving thin0`));
   assert.ok(Date.now() - t0 < 20_000, `refused after ${Date.now() - t0} ms`);
-  const dup = await strata(root, ['dmsetup', 'create', 'pool2', '--table', `0 ${(256 * MiB) / 512} thin-pool ${meta} ${data} 128 16`]);
+  const dup = await strata(root, ['dmsetup', 'create', 'pool2', '--table', poolTable]);
   assert.equal(dup.code, 5, dup.stderr);
   assert.match(dup.stderr, /held open by the strata NBD service/);
 

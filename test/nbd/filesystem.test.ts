@@ -12,7 +12,7 @@ import { MapperRegistry } from '../../src/thin/mapper.js';
 import { dmCreate, dmMessage } from '../../src/thin/dmsetup.js';
 import { ensureService, stopService, service } from '../../src/nbd/service-client.js';
 import { servicePaths } from '../../src/nbd/service-paths.js';
-import { tempDir, run, runOk, haveCommand } from './helpers.js';
+import { poolFiles, tempDir, run, runOk, haveCommand } from './helpers.js';
 import { attachNbd, mountDev } from './block-attach.js';
 
 const MiB = 1024 * 1024;
@@ -81,13 +81,7 @@ test('ext4 on a thin device, snapshot of the quiesced origin mounted elsewhere, 
   if (missing) return t.skip(missing);
   const root = join(dir, 'root');
   const reg = new MapperRegistry(root);
-  const meta = join(dir, 'pool-meta');
-  const data = join(dir, 'pool-data');
-  await writeFile(meta, '');
-  await truncate(meta, 16 * MiB);
-  await writeFile(data, '');
-  await truncate(data, 512 * MiB);
-  await dmCreate(reg, 'pool', `0 ${(512 * MiB) / 512} thin-pool ${meta} ${data} 128 16`);
+  await dmCreate(reg, 'pool', (await poolFiles(dir, 16 * MiB, 512 * MiB, 'pool-')).table);
   await dmMessage(reg, 'pool', '0', 'create_thin 0');
   await dmCreate(reg, 'origin', `0 ${(256 * MiB) / 512} thin pool 0`);
   await ensureService(root);

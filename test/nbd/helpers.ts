@@ -17,6 +17,20 @@ export async function tempDir(prefix = 'strata-nbd-'): Promise<{ dir: string; cl
   return { dir, cleanup: () => rm(dir, { recursive: true, force: true }) };
 }
 
+/**
+ * A pool's sparse metadata and data files, `<dir>/<prefix>meta` and `<dir>/<prefix>data`, and the
+ * thin-pool table line for them (64 KiB blocks, low water mark 16).
+ */
+export async function poolFiles(dir: string, metaBytes: number, dataBytes: number, prefix = ''): Promise<{ meta: string; data: string; table: string }> {
+  const meta = join(dir, `${prefix}meta`);
+  const data = join(dir, `${prefix}data`);
+  for (const [path, bytes] of [[meta, metaBytes], [data, dataBytes]] as const) {
+    await writeFile(path, '');
+    await truncate(path, bytes);
+  }
+  return { meta, data, table: `0 ${dataBytes / 512} thin-pool ${meta} ${data} 128 16` };
+}
+
 export interface RunResult {
   code: number | null;
   stdout: string;

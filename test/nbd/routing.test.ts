@@ -2,13 +2,12 @@
 // the registry when it is not running.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { join } from 'node:path';
-import { writeFile, truncate, access } from 'node:fs/promises';
+import { access } from 'node:fs/promises';
 import { routedCreate, routedMessage, routedRemove, routedResume, routedStatus, routedSuspend } from '../../src/nbd/dmsetup-routing.js';
 import { servicePid, stopService, service } from '../../src/nbd/service-client.js';
 import { servicePaths } from '../../src/nbd/service-paths.js';
 import { MapperRegistry } from '../../src/thin/mapper.js';
-import { tempDir } from './helpers.js';
+import { poolFiles, tempDir } from './helpers.js';
 
 const MiB = 1024 * 1024;
 const state: { root?: string; cleanup?: () => Promise<void> } = {};
@@ -21,13 +20,7 @@ after(async () => {
 test('create/message/status/suspend/resume/remove with and without the service', async () => {
   const { dir: root, cleanup } = await tempDir('strata-nbd-route-');
   Object.assign(state, { root, cleanup });
-  const meta = join(root, 'meta');
-  const data = join(root, 'data');
-  await writeFile(meta, '');
-  await truncate(meta, 8 * MiB);
-  await writeFile(data, '');
-  await truncate(data, 128 * MiB);
-  await routedCreate(root, 'pool', `0 ${(128 * MiB) / 512} thin-pool ${meta} ${data} 128 16`);
+  await routedCreate(root, 'pool', (await poolFiles(root, 8 * MiB, 128 * MiB)).table);
   assert.equal(await servicePid(root), null, 'a pool alone does not need the service');
   await routedMessage(root, 'pool', '0', 'create_thin 0');
   await routedCreate(root, 'thin0', `0 ${(32 * MiB) / 512} thin pool 0`);

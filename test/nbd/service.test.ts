@@ -11,7 +11,7 @@ import { ensureService, stopService, servicePid, service } from '../../src/nbd/s
 import { NbdService } from '../../src/nbd/service.js';
 import { servicePaths } from '../../src/nbd/service-paths.js';
 import { OPT, REP } from '../../src/nbd/protocol.js';
-import { tempDir, runOk, unixUri, haveCommand, RawClient, goData } from './helpers.js';
+import { poolFiles, tempDir, runOk, unixUri, haveCommand, RawClient, goData } from './helpers.js';
 
 const MiB = 1024 * 1024;
 let root: string;
@@ -22,13 +22,7 @@ const started: number[] = [];
 before(async () => {
   ({ dir: root, cleanup } = await tempDir('strata-nbd-svc-'));
   reg = new MapperRegistry(root);
-  const meta = join(root, 'pool-meta');
-  const data = join(root, 'pool-data');
-  await writeFile(meta, '');
-  await truncate(meta, 8 * MiB);
-  await writeFile(data, '');
-  await truncate(data, 256 * MiB);
-  await dmCreate(reg, 'pool', `0 ${(256 * MiB) / 512} thin-pool ${meta} ${data} 128 16`);
+  await dmCreate(reg, 'pool', (await poolFiles(root, 8 * MiB, 256 * MiB, 'pool-')).table);
   await dmMessage(reg, 'pool', '0', 'create_thin 0');
   await dmCreate(reg, 'thin0', `0 ${(64 * MiB) / 512} thin pool 0`);
 });
