@@ -34,9 +34,9 @@ const libc = libcBinding((lib) => {
 }, LP64_LITTLE_ENDIAN);
 
 /**
- * llistxattr into one reused buffer: a single system call for the usual answer, none. The
- * binding's list asks for the size first, then for the names: two calls per file, and a tree
- * export (docker export of 300,000 files on overlayfs) spends seconds in them.
+ * llistxattr into one reused buffer: one system call per path, whatever the answer (usually no
+ * names at all). The binding's list asks for the size first, then for the names: two calls per
+ * path, and an export of 300,000 files on overlayfs spent seconds in them.
  */
 const listNames = libcBinding((lib) => {
   const llistxattr = lib.func('long llistxattr(const char *path, _Out_ uint8_t *list, size_t size)') as (path: string, list: Buffer, size: number) => number;

@@ -34,13 +34,6 @@ export interface TarSplitEntry {
   position: number;
 }
 
-/** Bytes that base64 text (padded, as Go writes it) decodes to. */
-function base64Length(b: Buffer, from: number, to: number): number {
-  let pad = 0;
-  while (to - pad > from && b[to - pad - 1] === 0x3d) pad++;
-  return Math.floor(((to - from) * 3) / 4) - pad;
-}
-
 /** One NDJSON line (with its newline), byte-identical to Go's json.Encoder output. */
 export function encodeTarSplitEntry(e: TarSplitEntry): string {
   let s = `{"type":${e.type}`;
@@ -303,6 +296,13 @@ function segmentLine(line: Buffer): { from: number; to: number; position: number
   // (a backslash would be a JSON escape: JSON.parse decodes those)
   if (line.subarray(from, to).includes(0x5c)) return null;
   return { from, to, position };
+}
+
+/** Bytes that base64 text (padded, as Go writes it) decodes to. */
+function base64Length(b: Buffer, from: number, to: number): number {
+  let pad = 0;
+  while (to - pad > from && b[to - pad - 1] === 0x3d) pad++;
+  return Math.floor(((to - from) * 3) / 4) - pad;
 }
 
 /** One record from its line's bytes; null for a blank line. */

@@ -93,10 +93,6 @@ export function shortId(id: string): string {
 }
 
 /**
- * Stream to FILE through a temp sibling renamed into place at the end, so a failed save or
- * export never leaves a truncated archive under the name asked for; without FILE, to stdout.
- */
-/**
  * Write `data` to `sink`, waiting while it is full. A sink that is gone ends the command with its
  * error: EPIPE when the reader went away (`strata thin read t -o - | head`), which main() turns
  * into a quiet exit 141, instead of a wait for a 'drain' that never comes.
@@ -106,6 +102,10 @@ export async function writeChunk(sink: Writable, data: Uint8Array | string): Pro
   if (sink.destroyed) throw sink.errored ?? Object.assign(new Error('the output was closed'), { code: 'EPIPE' });
 }
 
+/**
+ * Stream to FILE through a temp sibling renamed into place at the end, so a failed save or
+ * export never leaves a truncated archive under the name asked for; without FILE, to stdout.
+ */
 export async function writeOutput(stream: Readable, path: string | undefined): Promise<void> {
   if (!path) {
     if (process.stdout.isTTY) throw strataError('INVALID_ARGUMENT', 'cowardly refusing to write a tar to a terminal: use -o FILE or redirect');
