@@ -90,6 +90,35 @@ describe('overlay2 layout and mounts', () => {
     assert.equal(await readFile(join(home, b, 'diff', 'above'), 'utf8'), 'above', 'writes land in diff/');
   });
 
+  it("a root whose path holds ':' and ',' (overlay's option separators) works, through relative options", async (t) => {
+    if (reason) return t.skip(reason);
+    const parent = await tempDir('strata-overlay2-');
+    const root = join(parent, 'data:root,x=1');
+    try {
+      assert.equal(await probeOverlay2(root), null, 'the probe mounts there too');
+      const d = await createOverlay2Driver({ root, options: {} });
+      try {
+        const [a, b, c] = [ID(1), ID(2), `${ID(3)}-init`];
+        await d.create(a, null);
+        await d.applyDiff(a, null, Readable.from([await layerTar([dir('etc'), file('etc/os-release', 'ID=colon\n')])]));
+        await d.create(b, a);
+        await d.createReadWrite(c, b);
+        const merged = await d.get(c);
+        try {
+          assert.equal(await readFile(join(merged, 'etc/os-release'), 'utf8'), 'ID=colon\n');
+          await writeFile(join(merged, 'etc/new'), 'n');
+        } finally {
+          await d.put(c);
+        }
+        assert.deepEqual((await d.changes(c, b)).map((ch) => `${ch.kind} ${ch.path}`), ['C /etc', 'A /etc/new']);
+      } finally {
+        await d.cleanup().catch(() => undefined);
+      }
+    } finally {
+      await rm(parent, { recursive: true, force: true });
+    }
+  });
+
   test('a layer with children mounts read-only over its own diff', async (d, home) => {
     const [a, b, c] = [ID(1), ID(2), ID(3)];
     await d.create(a, null);

@@ -74,6 +74,13 @@ describe('overlay2 mount options', () => {
     assert.equal(ro.options, `index=off,lowerdir=${id}/diff:${lower}`);
   });
 
+  it("mounts through paths relative to a home whose path holds ':', ',' or a backslash, however short", () => {
+    for (const odd of ['/srv/a:b/overlay2', '/srv/a,b/overlay2', '/srv/a\\b/overlay2']) {
+      const spec = buildMountSpec({ ...req('l/AAA:l/BBB'), home: odd });
+      assert.deepEqual(spec, { options: `index=off,lowerdir=l/AAA:l/BBB,upperdir=${id}/diff,workdir=${id}/work`, target: `${id}/merged`, cwd: odd });
+    }
+  });
+
   it('refuses options that cannot fit even relative', () => {
     const lower = Array.from({ length: 200 }, (_, i) => `l/${'X'.repeat(24)}${String(i).padStart(3, '0')}`).join(':');
     assert.throws(() => buildMountSpec(req(lower)), (e) => isStrataError(e, 'MOUNT_FAILED'));

@@ -5,8 +5,9 @@ import { strataError } from '../../errors.js';
  * - a layer's `lower` lists `l/<link>` of its parent, then the parent's own lowers: nearest first;
  * - at most 128 lowers, so that 128 × `l/<26 chars>:` plus the upper and work dirs fit in the
  *   one page the mount(2) syscall copies;
- * - options use absolute paths when they fit, otherwise paths relative to the driver home, and
- *   the mount runs with the home as its working directory.
+ * - options use absolute paths when they fit (in a page, and the home's path in option syntax),
+ *   otherwise paths relative to the driver home, and the mount runs with the home as its working
+ *   directory.
  */
 
 export const LINK_DIR = 'l';
@@ -53,6 +54,15 @@ export interface MountSpec {
   cwd: string | null;
 }
 
+/**
+ * Whether `path` can stand in overlay mount options as it is: the kernel splits the options at
+ * ',' and lowerdir at ':', and takes a backslash as an escape. A root such as `/srv/a:b` gets the
+ * relative form instead (its `l/` links and layer ids hold none of these).
+ */
+export function fitsInOptions(path: string): boolean {
+  return !/[,:\\]/.test(path);
+}
+
 export function buildMountSpec(req: MountRequest): MountSpec {
   const prefix = `${req.indexOff ? 'index=off,' : ''}${req.userxattr ? 'userxattr,' : ''}`;
   const lowers = splitLower(req.lower);
@@ -66,7 +76,7 @@ export function buildMountSpec(req: MountRequest): MountSpec {
   };
   const absolute = format(`${req.home}/`, lowers.map((l) => `${req.home}/${l}`));
   // The kernel copies at most one page including the terminating NUL.
-  if (absolute.length <= req.pageSize - 1) return { options: absolute, target: `${layerDir}/merged`, cwd: null };
+  if (absolute.length <= req.pageSize - 1 && fitsInOptions(req.home)) return { options: absolute, target: `${layerDir}/merged`, cwd: null };
   const relative = format('', lowers);
   if (relative.length > req.pageSize - 1) {
     throw strataError('MOUNT_FAILED', `cannot mount layer ${req.id}: mount options of ${relative.length} bytes exceed a page`, { id: req.id });

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { release } from 'node:os';
 import { getXattr, setXattr } from '../../util/xattr.js';
 import { isMountPoint, mountOverlay, unmount } from './kernel-mount.js';
+import { fitsInOptions, type MountSpec } from './mount-options.js';
 import { writeFileAtomic } from '../../util/atomic.js';
 import { backingFsName } from '../backing-fs.js';
 
@@ -60,6 +61,13 @@ export async function backingFilesystem(dir: string): Promise<string> {
  * Why overlay2 cannot work with `home` (the driver directory, or its data root when it does not
  * exist yet), or null when it can. Mounts a two-lower overlay under `testRoot` and removes it.
  */
+/** A test mount of directories under `td`: absolute paths where `td` fits in options, else relative to it. */
+function testMount(td: string, lowers: string[], upper: string, work: string, target: string): MountSpec {
+  const absolute = fitsInOptions(td);
+  const path = (d: string): string => (absolute ? `${td}/${d}` : d);
+  return { options: `lowerdir=${lowers.map(path).join(':')},upperdir=${path(upper)},workdir=${path(work)}`, target: path(target), cwd: absolute ? null : td };
+}
+
 export async function overlayUnsupportedReason(testRoot: string): Promise<string | null> {
   if (process.getuid?.() !== 0) return 'overlay2 mounts need root (running as an unprivileged user)';
   if (!(await kernelHasOverlay())) return 'the kernel has no OverlayFS (overlay is not in /proc/filesystems)';
@@ -70,7 +78,7 @@ export async function overlayUnsupportedReason(testRoot: string): Promise<string
   const td = await mkdtemp(join(testRoot, 'overlay2-check-'));
   try {
     for (const d of ['lower1', 'lower2', 'upper', 'work', 'merged']) await mkdir(join(td, d));
-    await mountOverlay({ options: `lowerdir=${td}/lower2:${td}/lower1,upperdir=${td}/upper,workdir=${td}/work`, target: `${td}/merged`, cwd: null }, 'overlay2-check');
+    await mountOverlay(testMount(td, ['lower2', 'lower1'], 'upper', 'work', 'merged'), 'overlay2-check');
     await unmount(`${td}/merged`);
     return null;
   } catch (err) {
@@ -108,7 +116,7 @@ async function checkNativeDiff(home: string): Promise<string | null> {
   try {
     for (const d of ['l1/d', 'l1/d1', 'l2/d', 'l3', 'work', 'merged']) await mkdir(join(td, d), { recursive: true });
     await setXattr(join(td, 'l2/d'), 'trusted.overlay.opaque', 'y');
-    await mountOverlay({ options: `lowerdir=${td}/l2:${td}/l1,upperdir=${td}/l3,workdir=${td}/work`, target: merged, cwd: null }, 'native-diff-check');
+    await mountOverlay(testMount(td, ['l2', 'l1'], 'l3', 'work', 'merged'), 'native-diff-check');
     try {
       await writeFile(join(merged, 'd', 'f'), '');
       if ((await getXattr(join(td, 'l3/d'), 'trusted.overlay.opaque'))?.toString() === 'y') {
