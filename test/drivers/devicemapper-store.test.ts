@@ -132,6 +132,7 @@ describe('devicemapper under the layer store, and its options', () => {
     assert.equal(info.get('Storage Driver'), 'devicemapper');
     assert.match(info.get(' Pool Name') ?? '', /^strata-\d+:\d+-\d+-pool$/);
     assert.equal(info.get(' Base Device Size'), '67.11MB');
+    assert.equal(info.get(' Backing Filesystem'), 'ext4', 'as docker info: the base device\'s filesystem, not the one holding the pool');
     for (const key of ['Pool Blocksize', 'Backing Filesystem', 'Data file', 'Metadata file', 'Data Space Used', 'Data Space Total',
       'Data Space Available', 'Metadata Space Used', 'Metadata Space Total', 'Metadata Space Available', 'Thin Pool Minimum Free Space',
       'Deferred Removal Enabled', 'Deferred Deletion Enabled', 'Deferred Deleted Device Count', 'Library Version']) {
@@ -390,6 +391,7 @@ describe('devicemapper under the layer store, and its options', () => {
       await d.put('b');
       await d.put('a');
     }
+    assert.equal(new Map(await d.status()).get('Backing Filesystem'), 'xfs', 'as docker info: the base device\'s filesystem');
     await d.cleanup();
   });
 });

@@ -32,7 +32,6 @@ import { isErrno, strataError } from '../../errors.js';
 import { MountRefs, holderOf, type MountOptions, type MountUsage } from '../mount-refs.js';
 import { checkLayerId } from '../layer-id.js';
 import { naiveApplyDiff, naiveChanges, naiveDiff, naiveDiffSize } from '../naive-diff.js';
-import { backingFsName } from '../backing-fs.js';
 import { parseDmOptions, type DmOptions } from './options.js';
 import { DeviceStore, type DeviceInfo } from './device-store.js';
 import { DeviceSet, lockFileName } from './device-set.js';
@@ -192,12 +191,12 @@ export class DevicemapperDriver implements Driver {
     const base = await this.set.base();
     const hostData = await statfs(join(this.service.dataPath, '..'));
     const hostMeta = await statfs(join(this.service.metadataPath, '..'));
-    const home = await statfs(this.home);
     return statusLines({
       poolName: `${this.act.prefix}-pool`,
       options: this.options,
       baseDeviceSize: base?.size ?? this.options.baseSize,
-      backingFilesystem: backingFsName(home.type),
+      // as moby's BaseDeviceFS: the filesystem on the base device (not the one holding the pool's files)
+      backingFilesystem: (await this.set.store.getDeviceSet())?.BaseDeviceFilesystem || this.options.fs,
       dataFile: this.service.dataPath,
       metadataFile: this.service.metadataPath,
       loopback: this.options.dataDev === null,
