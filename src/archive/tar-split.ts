@@ -248,30 +248,36 @@ const MAX_LINE = 64 << 20;
  * and decoding each line to a string cost as much again (segments need no string: decodeLine).
  */
 async function* lineBatches(source: Readable): AsyncGenerator<Buffer[]> {
-  let carry: Buffer | null = null;
+  // the start of a line the chunks so far have not ended: copies, joined once it ends
+  let carry: Buffer[] = [];
+  let carried = 0;
   for await (const c of source) {
     const chunk = c as Buffer;
     const batch: Buffer[] = [];
     let start = 0;
-    if (carry !== null) {
+    if (carried > 0) {
       const nl = chunk.indexOf(0x0a);
-      if (nl === -1) {
-        carry = Buffer.concat([carry, chunk]);
-        if (carry.length > MAX_LINE) throw strataError('INVALID_ARCHIVE', `tar-split: a record line longer than ${MAX_LINE} bytes`);
-        continue;
-      }
-      batch.push(Buffer.concat([carry, chunk.subarray(0, nl)]));
-      carry = null;
+      const end = nl === -1 ? chunk.length : nl;
+      carry.push(Buffer.from(chunk.subarray(0, end)));
+      carried += end;
+      if (carried > MAX_LINE) throw strataError('INVALID_ARCHIVE', `tar-split: a record line longer than ${MAX_LINE} bytes`);
+      if (nl === -1) continue;
+      batch.push(Buffer.concat(carry, carried));
+      carry = [];
+      carried = 0;
       start = nl + 1;
     }
     for (let nl = chunk.indexOf(0x0a, start); nl !== -1; nl = chunk.indexOf(0x0a, start)) {
       if (nl > start) batch.push(chunk.subarray(start, nl));
       start = nl + 1;
     }
-    if (start < chunk.length) carry = Buffer.from(chunk.subarray(start));
+    if (start < chunk.length) {
+      carry.push(Buffer.from(chunk.subarray(start)));
+      carried = chunk.length - start;
+    }
     if (batch.length > 0) yield batch;
   }
-  if (carry !== null) yield [carry];
+  if (carried > 0) yield [Buffer.concat(carry, carried)];
 }
 
 /** What every segment line of tar-split begins with, as Go's encoder writes it. */
