@@ -46,3 +46,24 @@ test('no setpriv: copyTree still copies with plain cp', async () => {
     await rm(dir, { recursive: true, force: true });
   }
 });
+
+test('a failed copy is one line: cp\'s first complaint, and how many more there were', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'strata-copytree-fail-'));
+  try {
+    // out of space, cp complains once per file left: 50,000 lines
+    const bin = join(dir, 'bin');
+    await mkdir(bin);
+    await writeFile(join(bin, 'cp'), `#!/bin/sh\nseq 1 50000 | sed "s/.*/cp: error copying 'f&': No space left on device/" >&2\nexit 1\n`, { mode: 0o755 });
+    await mkdir(join(dir, 'src'));
+    const module = fileURLToPath(new URL('../../src/util/copy-tree.ts', import.meta.url));
+    const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e',
+      `const { copyTree } = await import(${JSON.stringify(module)}); await copyTree('${dir}/src', '${dir}/dst').catch((e) => console.log(e.message));`],
+    { env: { ...process.env, PATH: `${bin}:${process.env.PATH ?? ''}` }, stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    await new Promise((resolve) => child.once('close', resolve));
+    assert.equal(out, `copying ${dir}/src failed: cp: error copying 'f1': No space left on device (and 49999 more lines)\n`);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
