@@ -6,7 +6,8 @@
  * at `<root>/mapper/<name>.sock`, as a kernel dmsetup create makes /dev/mapper/<name> appear.
  *
  * Intended for src/cli/commands/dmsetup.ts: call these instead of the dm* functions for create,
- * remove, message, suspend, resume and status.
+ * remove, message, suspend, resume and status. `routed` is the rule itself, for any other command
+ * that takes the service's way while it runs (`thin read|write`).
  */
 import { MapperRegistry } from '../thin/mapper.js';
 import { dmCreate, dmMessage, dmRemove, dmResume, dmStatus, dmSuspend } from '../thin/dmsetup.js';
@@ -19,7 +20,7 @@ import { ensureService, neverReached, servicePid, service } from './service-clie
  * the look and the call, which then never reached it. `notServed` lets an error of the service
  * (an inactive device) fall through to `direct` as well.
  */
-async function routed<T>(root: string, viaService: () => Promise<T>, direct: () => Promise<T>, notServed = (_err: unknown) => false): Promise<T> {
+export async function routed<T>(root: string, viaService: () => Promise<T>, direct: () => Promise<T>, notServed = (_err: unknown) => false): Promise<T> {
   if ((await servicePid(root)) !== null) {
     try {
       return await viaService();

@@ -27,20 +27,32 @@ test('copyTree copies files, modes, symlinks and empty directories', async () =>
   }
 });
 
+/**
+ * copyTree(dir/src, dir/dst) in a fresh node process (copyTree looks for setpriv once per
+ * process) whose PATH is `path`: its exit status, and the error's message it printed if it failed.
+ */
+async function copyTreeInChild(dir: string, path: string): Promise<{ code: number | null; out: string }> {
+  const module = fileURLToPath(new URL('../../src/util/copy-tree.ts', import.meta.url));
+  const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e',
+    `const { copyTree } = await import(${JSON.stringify(module)});
+     await copyTree(${JSON.stringify(join(dir, 'src'))}, ${JSON.stringify(join(dir, 'dst'))}).catch((e) => { console.log(e.message); process.exitCode = 1; });`],
+  { env: { ...process.env, PATH: path }, stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  const code = await new Promise<number | null>((resolve) => child.once('close', resolve));
+  return { code, out };
+}
+
 test('no setpriv: copyTree still copies with plain cp', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'strata-copytree-plain-'));
   try {
-    // a PATH with cp but without setpriv (copyTree looks for it once per process: a fresh one)
+    // a PATH with cp but without setpriv
     const bin = join(dir, 'bin');
     await mkdir(bin);
     await symlink((await which('cp'))!, join(bin, 'cp'));
     await mkdir(join(dir, 'src'));
     await writeFile(join(dir, 'src/f'), 'x');
-    const module = fileURLToPath(new URL('../../src/util/copy-tree.ts', import.meta.url));
-    const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e',
-      `const { copyTree } = await import(${JSON.stringify(module)}); await copyTree(${JSON.stringify(join(dir, 'src'))}, ${JSON.stringify(join(dir, 'dst'))});`],
-    { env: { ...process.env, PATH: bin }, stdio: 'ignore' });
-    assert.equal(await new Promise((resolve) => child.once('exit', resolve)), 0);
+    assert.deepEqual(await copyTreeInChild(dir, bin), { code: 0, out: '' });
     await access(join(dir, 'dst/f'));
   } finally {
     await rm(dir, { recursive: true, force: true });
@@ -55,14 +67,9 @@ test('a failed copy is one line: cp\'s first complaint, and how many more there 
     await mkdir(bin);
     await writeFile(join(bin, 'cp'), `#!/bin/sh\nseq 1 50000 | sed "s/.*/cp: error copying 'f&': No space left on device/" >&2\nexit 1\n`, { mode: 0o755 });
     await mkdir(join(dir, 'src'));
-    const module = fileURLToPath(new URL('../../src/util/copy-tree.ts', import.meta.url));
-    const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e',
-      `const { copyTree } = await import(${JSON.stringify(module)}); await copyTree('${dir}/src', '${dir}/dst').catch((e) => console.log(e.message));`],
-    { env: { ...process.env, PATH: `${bin}:${process.env.PATH ?? ''}` }, stdio: ['ignore', 'pipe', 'inherit'] });
-    let out = '';
-    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    await new Promise((resolve) => child.once('close', resolve));
-    assert.equal(out, `copying ${dir}/src failed: cp: error copying 'f1': No space left on device (and 49999 more lines)\n`);
+    assert.deepEqual(await copyTreeInChild(dir, `${bin}:${process.env.PATH ?? ''}`), {
+      code: 1, out: `copying ${dir}/src failed: cp: error copying 'f1': No space left on device (and 49999 more lines)\n`,
+    });
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

@@ -11,7 +11,9 @@ import { dumpXml } from '../../thin/xml.js';
 import { restoreXml } from '../../thin/restore.js';
 import { checkMetadata } from '../../thin/check.js';
 import { NbdClient } from '../../nbd/client.js';
-import { neverReached, service, servicePid } from '../../nbd/service-client.js';
+import { service } from '../../nbd/service-client.js';
+import { routed } from '../../nbd/dmsetup-routing.js';
+import type { ActiveDevice } from '../../nbd/service-protocol.js';
 import { lockFile, type FileLock } from '../../util/file-lock.js';
 import { parseSize } from '../../util/units.js';
 import { writeChunk } from '../context.js';
@@ -53,10 +55,7 @@ interface DeviceIo {
  * pool is opened here. Suspended devices and pools refuse I/O either way.
  */
 async function openDevice(root: string, name: string): Promise<DeviceIo> {
-  const active = (await servicePid(root)) === null ? null : await service.activate(root, name).catch((err: unknown) => {
-    if (neverReached(err)) return null; // (it had just stopped, idle)
-    throw err;
-  });
+  const active = await routed<ActiveDevice | null>(root, () => service.activate(root, name), async () => null);
   if (active === null) {
     const { pool, dev } = await openNamedThin(new MapperRegistry(root), name);
     return {
