@@ -13,6 +13,7 @@
  * answered NBD_EIO. The connection and the server carry on either way.
  */
 import type { BatchRequest, PlannedBatch } from '../thin/thin-device.js';
+import type { ReadMap } from '../thin/read-map.js';
 
 /** One run of bytes with the same allocation state (`base:allocation`). */
 export interface NbdExtent {
@@ -45,12 +46,27 @@ export interface LeasedWrites {
   readonly blockBytes: number;
   /** [FAST_OPEN, FAST_INFLIGHT] in shared memory (thin-device.ts): writes start only while open. */
   readonly gate: Int32Array;
+  /** The pool's map epoch (ReadMaps.epoch): the thread adds one to it before answering writes. */
+  readonly mapEpoch: Int32Array;
   lease(max: number): number[];
   returnLease(blocks: readonly number[]): void;
   /** Map virtual block `vblocks[i]` to `blocks[i]`, which holds its data, in order. */
   adopt(vblocks: readonly number[], blocks: readonly number[]): Promise<void>;
   /** Call `hook` before anything else takes the pool's mutex, until the returned function is called. */
   beforeEachLock(hook: () => void): () => void;
+}
+
+/**
+ * Maps of where a thin device's blocks are, for a connection's thread to plan READs inside them
+ * itself (read-map.ts): a map is valid while `epoch`, in shared memory, is what it was before the
+ * map was asked for, and each read made from one is held in `gate` (as writes into leased blocks
+ * are: a suspend waits for it) and checked against `epoch` again once done.
+ */
+export interface ReadMaps {
+  readonly blockBytes: number;
+  readonly epoch: Int32Array;
+  readonly gate: Int32Array;
+  lookUp(offset: number, length: number): Promise<ReadMap>;
 }
 
 export interface NbdExport {
@@ -75,6 +91,8 @@ export interface NbdExport {
     plan?(requests: readonly BatchRequest[]): Promise<PlannedBatch>;
     /** With `plan`: whole-block writes a thread may make into leased blocks and answer at once. */
     readonly leasedWrites?: LeasedWrites;
+    /** With `plan`: maps a thread plans READs from itself. */
+    readonly readMaps?: ReadMaps;
   };
 
   /** Fill `buf` from `offset` (the range is inside the export). */

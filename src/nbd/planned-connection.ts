@@ -10,7 +10,8 @@ import { decodeRequest, encodeSimpleReply, REQUEST_HEADER_LENGTH, type Request }
 import { BlockingSocket, postHanded, preadFully, pwriteFully, readReplyHead, takeHandedReply, takeReply } from './thread-io.js';
 import { libcBinding } from '../util/libc.js';
 import { FAST_INFLIGHT, FAST_OPEN, zeroOutside, type DataRun, type RequestPlan } from '../thin/thin-device.js';
-import type { LeaseJob, PlanCall, PlannedJob, Settled } from './transmission-threads.js';
+import { runsFromMap, type ReadMap } from '../thin/read-map.js';
+import type { LeaseJob, PlanCall, PlannedJob, PlanReply, Settled } from './transmission-threads.js';
 import { ReportRing } from './report-ring.js';
 
 /** A request parsed in the receive buffer: its header there, and a WRITE's payload after it. */
@@ -20,6 +21,8 @@ interface Received {
 }
 
 const FIONREAD = 0x541b;
+/** Bytes a map asked for covers (ReadMaps.lookUp): nbdcopy reads each connection's share in order. */
+const LOOK_AHEAD_BYTES = 256 * 1024 * 1024;
 /** WRITEs into leased blocks answered together at most, while more requests keep coming. */
 const DIRECT_ANSWERS_TOGETHER = 16;
 const POLLIN = 1;
@@ -150,12 +153,15 @@ export class PlannedConnection {
 
   /** Leased blocks WRITEs of whole blocks go straight into (LeaseJob), if the export has them. */
   private readonly leased: DirectWrites | null;
+  /** The map READs are planned from here, if the export gives maps. */
+  private readonly reads: MappedReads | null;
 
   constructor(private readonly job: PlannedJob) {
     this.socket = new BlockingSocket(job.socketFd, Buffer.alloc(0));
     this.input = new ReceiveBuffer(job.receiveBuffer, job.leftover, job.socketFd);
     this.largest = this.input.reserve - REQUEST_HEADER_LENGTH;
     this.leased = job.leased ? new DirectWrites(job.leased, job.fileFd) : null;
+    this.reads = job.readMaps ? new MappedReads(job.readMaps, job.fileFd) : null;
   }
 
   /** Until the client disconnects or goes away. */
@@ -195,14 +201,16 @@ export class PlannedConnection {
     for (;;) {
       if (!input.receive(false)) return;
       this.parse();
+      if (!this.readFromMap()) return;
       if (this.posted) {
-        const plans = takeReply<RequestPlan[]>(this.job);
-        if (!plans) {
+        const reply = takeReply<PlanReply>(this.job);
+        if (!reply) {
           if (!this.answerDirect()) return;
           this.wait(input.room > 0);
           continue;
         }
-        if (!this.answerDirect() || !this.carryOut(this.posted, plans)) return;
+        if (reply.readMap) this.reads?.got(reply.readMap);
+        if (!this.answerDirect() || !this.carryOut(this.posted, reply.plans)) return;
       }
       if (this.queued.length > 0 && this.alone.length === 0) {
         this.post();
@@ -265,6 +273,30 @@ export class PlannedConnection {
     if (this.stop === undefined && input.end > input.start) input.inHandNeeds = REQUEST_HEADER_LENGTH - (input.end - input.start);
   }
 
+  /**
+   * Answer the queued READs the map covers, up to the first WRITE (which they must not overtake),
+   * unless WRITEs of this connection are still unanswered. false once the client has gone.
+   */
+  private readFromMap(): boolean {
+    const { reads } = this;
+    if (!reads?.usable || (this.leased?.pending ?? 0) > 0 || this.posted?.some((r) => r.req.type === CMD.WRITE)) return true;
+    let i = 0;
+    for (; i < this.queued.length; i++) {
+      const { req } = this.queued[i]!;
+      if (req.type !== CMD.READ) break;
+      const buf = this.readBufFor(req.length);
+      if (!reads.read(buf, req.offset)) break;
+      if (!this.socket.writeAll([readReplyHead(this.job.ctx, req), buf])) return false;
+    }
+    if (i > 0) this.queued.splice(0, i);
+    return true;
+  }
+
+  private readBufFor(length: number): Buffer {
+    if (length > this.readBuf.length) this.readBuf = Buffer.allocUnsafe(length);
+    return this.readBuf.subarray(0, length);
+  }
+
   /** Post the queued requests for planning (nothing of the buffer is in use by the main thread). */
   private post(): void {
     const live = this.queued.map((r) => r.headerAt);
@@ -276,6 +308,9 @@ export class PlannedConnection {
       batch: this.posted.map((r) => ({ write: r.req.type === CMD.WRITE, offset: r.req.offset, length: r.req.length, at: r.headerAt + REQUEST_HEADER_LENGTH })),
       settled: this.unsettled,
     };
+    // a batch of READs only asks for a map from its first: those that follow are planned here
+    const lookAhead = this.posted.every((r) => r.req.type === CMD.READ) ? this.reads?.ask(this.posted[0]!.req.offset) : undefined;
+    if (lookAhead) call.lookAhead = lookAhead;
     this.unsettled = false;
     this.job.rpc.postMessage(call);
   }
@@ -304,8 +339,7 @@ export class PlannedConnection {
         continue;
       }
       const { req } = r;
-      if (req.type === CMD.READ && req.length > this.readBuf.length) this.readBuf = Buffer.allocUnsafe(req.length);
-      const reply = doPlanned(this.job, req, plan, req.type === CMD.READ ? this.readBuf.subarray(0, req.length) : this.payloadOf(r)!);
+      const reply = doPlanned(this.job, req, plan, req.type === CMD.READ ? this.readBufFor(req.length) : this.payloadOf(r)!);
       if (!reply) this.alone.push(r); // the main thread tries again and answers with the error it gets
       else if (connected) connected = this.socket.writeAll(reply);
     }
@@ -359,6 +393,78 @@ export class PlannedConnection {
   private payloadOf(r: Received): Buffer | undefined {
     const at = r.headerAt + REQUEST_HEADER_LENGTH;
     return r.req.type === CMD.WRITE ? this.input.buf.subarray(at, at + r.req.length) : undefined;
+  }
+}
+
+/**
+ * READs planned here from a map of where the device's blocks are (read-map.ts), asked for with a
+ * batch of READs and valid while the pool's map epoch stays what it was before asking. Each read
+ * is made in the gate (a suspend waits for it, as for writes into leased blocks), and the epoch
+ * is checked again once it is done: a block freed and handed out meanwhile may hold someone
+ * else's bytes, and the read then goes the planned way.
+ */
+class MappedReads {
+  private map: ReadMap | null = null;
+  /** The epoch the map is valid in. */
+  private validIn = 0;
+  /** The epoch when the map in flight was asked for. */
+  private askedIn = 0;
+  /** Maps dropped before they served a read, in a row: ask for fewer (writes keep changing things). */
+  private wasted = 0;
+  private servedSinceMap = 0;
+  private batchesSinceAsk = 0;
+
+  constructor(private readonly maps: NonNullable<PlannedJob['readMaps']>, private readonly fileFd: number) {}
+
+  /** Whether a map is held that nothing has changed since (else it is dropped). */
+  get usable(): boolean {
+    if (this.map && Atomics.load(this.maps.epoch, 0) !== this.validIn) this.drop();
+    return this.map !== null;
+  }
+
+  /** What to ask a map for with a batch of READs from `offset`, if one is worth asking for. */
+  ask(offset: number): { offset: number; length: number } | undefined {
+    // after maps that went unused, one batch in 2, 4, ... up to 64 asks
+    if (++this.batchesSinceAsk < 1 << Math.min(this.wasted, 6)) return undefined;
+    this.batchesSinceAsk = 0;
+    this.askedIn = Atomics.load(this.maps.epoch, 0);
+    return { offset, length: LOOK_AHEAD_BYTES };
+  }
+
+  got(map: ReadMap): void {
+    this.drop();
+    this.map = map;
+    this.validIn = this.askedIn;
+    this.servedSinceMap = 0;
+  }
+
+  /** Fill `buf` from `offset` if the map covers it and holds; false: it goes the planned way. */
+  read(buf: Buffer, offset: number): boolean {
+    const runs = this.map && runsFromMap(this.map, this.maps.blockBytes, offset, buf.length);
+    if (!runs) return false;
+    const { gate, epoch } = this.maps;
+    Atomics.add(gate, FAST_INFLIGHT, 1);
+    try {
+      if (Atomics.load(gate, FAST_OPEN) !== 1) return false;
+      zeroOutside(buf, runs);
+      for (const r of runs) preadFully(this.fileFd, buf, r.at, r.length, r.dataOffset);
+    } catch {
+      return false; // the planned way answers with the error it meets
+    } finally {
+      Atomics.sub(gate, FAST_INFLIGHT, 1);
+    }
+    if (Atomics.load(epoch, 0) !== this.validIn) {
+      this.drop();
+      return false;
+    }
+    this.servedSinceMap++;
+    return true;
+  }
+
+  private drop(): void {
+    if (!this.map) return;
+    this.wasted = this.servedSinceMap > 0 ? 0 : this.wasted + 1;
+    this.map = null;
   }
 }
 
@@ -453,6 +559,9 @@ class DirectWrites {
     if (!this.entered) return true;
     if (this.written.length > 0 || this.unused.length > 0) {
       this.ring.publish(this.written, this.unused); // (room was checked as they were added)
+      // maps are out of date once these writes are answered (MappedReads); counted once they are
+      // published, so a map asked for after the count is made after they are taken in
+      if (this.written.length > 0) Atomics.add(this.job.epoch, 0, 1);
       this.written = [];
       this.unused = [];
       if (!this.asked && this.blocks.length < this.job.askBelow) {

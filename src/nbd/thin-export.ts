@@ -6,7 +6,7 @@
  */
 import { strataError } from '../errors.js';
 import type { BatchRequest, ThinDevice } from '../thin/thin-device.js';
-import type { LeasedWrites, NbdExport, NbdExtent, WriteOptions, ZeroOptions } from './nbd-export.js';
+import type { LeasedWrites, NbdExport, NbdExtent, ReadMaps, WriteOptions, ZeroOptions } from './nbd-export.js';
 
 const ZERO_STEP = 1024 * 1024;
 
@@ -36,19 +36,21 @@ export class ThinExport implements NbdExport {
     const fd = pool.dataDevice.fd;
     if (fd === undefined) return;
     const plan = (requests: readonly BatchRequest[]) => device.planBatch(requests);
+    const readMaps: ReadMaps = { blockBytes: pool.blockBytes, epoch: pool.mapEpoch, gate: device.fastWriteGate, lookUp: (offset, length) => device.readMap(offset, length) };
     if (this.readOnly) {
-      this.blockingFile = { fd, plan };
+      this.blockingFile = { fd, plan, readMaps };
       return;
     }
     const leasedWrites: LeasedWrites = {
       blockBytes: pool.blockBytes,
       gate: device.fastWriteGate,
+      mapEpoch: pool.mapEpoch,
       lease: (max) => pool.leaseDataBlocks(max),
       returnLease: (blocks) => pool.returnLease(blocks),
       adopt: (vblocks, blocks) => device.adopt(vblocks, blocks),
       beforeEachLock: (hook) => pool.beforeEachLock(hook),
     };
-    this.blockingFile = { fd, plan, leasedWrites };
+    this.blockingFile = { fd, plan, leasedWrites, readMaps };
   }
 
   read(buf: Buffer, offset: number): Promise<void> {

@@ -24,7 +24,9 @@
  * loop signals its replies through an eventfd, so the thread can wait for either at once.
  * WRITEs of whole blocks need no plan: the thread writes them into free blocks the pool has
  * leased it, publishes the runs written in shared memory for the event loop to map, and answers
- * (`Leases`, report-ring.ts).
+ * (`Leases`, report-ring.ts). READs need none while the thread holds a map of where the blocks
+ * they read are (read-map.ts), asked for with a batch of READs and good until the pool's map
+ * epoch moves: a sequential reader then costs the event loop one map per 256 MiB.
  *
  * Threads are kept for later connections (up to `maxIdle`), and a few are started with the
  * server so the first clients do not wait for one to boot. Without koffi (no dup/fcntl/shutdown)
@@ -44,6 +46,7 @@ import type { SocketReader } from './socket-reader.js';
 import { answer, checkContextOf, type Output, type TransmissionHooks } from './transmission.js';
 import type { BatchRequest, PlannedBatch, RequestPlan } from '../thin/thin-device.js';
 import type { LeasedWrites } from './nbd-export.js';
+import type { ReadMap } from '../thin/read-map.js';
 
 /** A connection for a thread (posted to it). */
 interface ThreadJobBase {
@@ -57,8 +60,7 @@ interface ThreadJobBase {
   ctx: CheckContext;
   /**
    * Requests handed back: the thread posts a `ThreadCall`, waits for the main thread's signal,
-   * takes the reply (`Handed` → the reply's bytes, `PlanCall` → a plan for each request,
-   * `Settled` → none).
+   * takes the reply (`Handed` → the reply's bytes, `PlanCall` → a PlanReply, `Settled` → none).
    */
   rpc: MessagePort;
 }
@@ -84,6 +86,8 @@ export interface PlannedJob extends ThreadJobBase {
   wakeFd: number;
   /** Where the export takes writes into leased blocks (NbdExport.blockingFile.leasedWrites). */
   leased?: LeaseJob;
+  /** What the thread plans READs from maps with (NbdExport.blockingFile.readMaps). */
+  readMaps?: { blockBytes: number; epoch: Int32Array; gate: Int32Array };
 }
 
 /**
@@ -97,6 +101,8 @@ export interface LeaseJob {
   ring: SharedArrayBuffer;
   askBelow: number;
   gate: Int32Array;
+  /** The pool's map epoch, added to before writes are answered (LeasedWrites.mapEpoch). */
+  epoch: Int32Array;
   blockBytes: number;
   lease: number[];
 }
@@ -117,6 +123,14 @@ export interface Handed {
 export interface PlanCall {
   batch: Array<{ write: boolean; offset: number; length: number; at: number }>;
   settled: boolean;
+  /** Send a map of where these bytes are (ReadMaps.lookUp) with the plan. */
+  lookAhead?: { offset: number; length: number };
+}
+
+/** The main thread's answer to a PlanCall: a plan for each request, and the map asked for if it could be made. */
+export interface PlanReply {
+  plans: RequestPlan[];
+  readMap?: ReadMap;
 }
 
 /** The I/O of the batch planned last is done (or given up), and no batch follows yet. */
@@ -220,7 +234,7 @@ class Leases {
     this.ring = new ReportRing(memory);
     this.job = {
       port: channel.port2, ring: memory, askBelow: Math.ceil(this.target / 2),
-      gate: writes.gate, blockBytes: writes.blockBytes, lease: this.grant(),
+      gate: writes.gate, epoch: writes.mapEpoch, blockBytes: writes.blockBytes, lease: this.grant(),
     };
     this.port.on('message', () => this.drain());
     this.unhook = writes.beforeEachLock(() => this.drain());
@@ -355,8 +369,13 @@ export class TransmissionThreads {
     const receiveBuffer = plan ? new SharedArrayBuffer(Math.max(RECEIVE_BUFFER_BYTES, 4 * leftover.length)) : undefined;
     const base = { id: this.nextId++, socketFd: connFd, leftover, fileFd: file.fd, ctx: checkContextOf(neg), rpc: channel.port2 };
     const leases = receiveBuffer && file.leasedWrites && Leases.worthwhile(file.leasedWrites) ? new Leases(file.leasedWrites) : null;
+    const readMaps = file.readMaps;
     const job: ThreadJob = receiveBuffer
-      ? { ...base, kind: 'planned', receiveBuffer, wakeFd, ...(leases ? { leased: leases.job } : {}) }
+      ? {
+        ...base, kind: 'planned', receiveBuffer, wakeFd,
+        ...(leases ? { leased: leases.job } : {}),
+        ...(readMaps ? { readMaps: { blockBytes: readMaps.blockBytes, epoch: readMaps.epoch, gate: readMaps.gate } } : {}),
+      }
       : { ...base, kind: 'file', signal: new SharedArrayBuffer(4) };
     const { id, ctx } = job;
     const wake = job.kind === 'file' ? new Int32Array(job.signal) : null;
@@ -389,12 +408,16 @@ export class TransmissionThreads {
         const requests = msg.batch.map((r): BatchRequest => r.write
           ? { kind: 'write', offset: r.offset, data: received!.subarray(r.at, r.at + r.length) }
           : { kind: 'read', offset: r.offset, length: r.length });
+        // the map first: made after the plan, it would wait for the mutex behind a commit waiting
+        // for this batch's I/O, which waits for the plan
+        const { lookAhead } = msg;
+        const mapped = lookAhead && readMaps ? readMaps.lookUp(lookAhead.offset, lookAhead.length).catch(() => undefined) : Promise.resolve(undefined);
         // a plan that fails leaves every request to the ordinary path, which answers the error
-        void plan!(requests).then((batch) => {
+        void mapped.then((readMap) => plan!(requests).then((batch): PlanReply => {
           if (open) planned = batch;
           else batch.settle(); // the thread has let go of the connection meanwhile
-          return batch.plans;
-        }, (): RequestPlan[] => requests.map(() => 'alone')).then(reply);
+          return readMap ? { plans: batch.plans, readMap } : { plans: batch.plans };
+        }, (): PlanReply => ({ plans: requests.map(() => 'alone') }))).then(reply);
       } else if ('header' in msg) {
         const req = decodeRequest(Buffer.from(msg.header));
         // (answer() answers failures itself; the thread is woken whatever happens)

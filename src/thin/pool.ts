@@ -64,6 +64,12 @@ export class Pool {
   readonly blockBytes: number;
   readonly blockSectors: number;
   private readonly mutex = new Mutex();
+  /**
+   * Counts changes to the metadata, in memory shared with readers on other threads (read-map.ts):
+   * each step that may change a mapping, free a block or hand one out adds one before it runs.
+   * Writers outside the pool (ThinDevice.adopt's) add one before answering a write.
+   */
+  readonly mapEpoch = new Int32Array(new SharedArrayBuffer(4));
   private readonly open = new Map<number, ThinDevice>();
   private dataDirty = false;
   private lowWaterFired = false;
@@ -246,6 +252,7 @@ export class Pool {
    */
   async mutate<T>(fn: () => Promise<T>): Promise<T> {
     this.assertWritable();
+    Atomics.add(this.mapEpoch, 0, 1);
     try {
       return await fn();
     } catch (err) {

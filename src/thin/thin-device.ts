@@ -1,4 +1,5 @@
 import type { Pool } from './pool.js';
+import { UNKNOWN, UNMAPPED, type ReadMap } from './read-map.js';
 import { formatThinStatus, type ThinStatus } from './status.js';
 import { isStrataError, strataError } from '../errors.js';
 
@@ -361,6 +362,30 @@ export class ThinDevice {
     }
     if (landing.size > 0) await Promise.allSettled(landing);
     return { plans, settle };
+  }
+
+  /**
+   * Where the blocks covering [offset, offset+length) are now (read-map.ts), at most `maxBlocks`
+   * of them: for a reader on another thread, valid while the pool's mapEpoch stays as it was
+   * before asking. Blocks a write is still landing on are UNKNOWN.
+   */
+  async readMap(offset: number, length: number, maxBlocks = 4096): Promise<ReadMap> {
+    while (this.gate) await this.gate.promise;
+    const bs = this.pool.blockBytes;
+    const firstBlock = Math.floor(Math.max(0, offset) / bs);
+    const end = Math.min(this.size, offset + length, (firstBlock + maxBlocks) * bs);
+    const blocks = new Float64Array(Math.max(0, Math.ceil(end / bs) - firstBlock)).fill(UNMAPPED);
+    if (blocks.length === 0) return { firstBlock, blocks };
+    await this.pool.locked(async () => {
+      if (this.closed) return void blocks.fill(UNKNOWN);
+      const landing = new Set<Promise<void>>();
+      await this.pool.md.mappingsInRange(this.id, firstBlock, firstBlock + blocks.length, (vb, m) => {
+        this.pool.landingOn(m.block, m.block, landing);
+        blocks[vb - firstBlock] = landing.size > 0 ? UNKNOWN : m.block;
+        landing.clear();
+      });
+    });
+    return { firstBlock, blocks };
   }
 
   /** Unmap whole blocks inside the range; their data blocks are freed when no longer shared. */

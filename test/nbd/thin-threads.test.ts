@@ -12,7 +12,7 @@ import { NbdServer } from '../../src/nbd/server.js';
 import { ThinExport } from '../../src/nbd/thin-export.js';
 import { CMD, CMD_FLAG, NBD_ERR } from '../../src/nbd/protocol.js';
 import { Pool } from '../../src/thin/pool.js';
-import type { ThinDevice } from '../../src/thin/thin-device.js';
+import type { BatchRequest, ThinDevice } from '../../src/thin/thin-device.js';
 import { type RawClient, attach, attachWithMeta, handedOverAndRefused, inCookieOrder, sameOnThreadsAndLoop, tempDir, until } from './helpers.js';
 import { rng, thinTools, tool } from '../thin/helpers.js';
 
@@ -27,7 +27,7 @@ function thinCheckClean(metadataPath: string): void {
 }
 
 async function servePool(threads: boolean, features: string[] = [], dataBytes = 64 * MiB): Promise<{
-  pool: Pool; dev: ThinDevice; server: NbdServer; sock: string;
+  pool: Pool; dev: ThinDevice; server: NbdServer; sock: string; exp: ThinExport;
   /** Stop serving, close the pool, run `closed` on its metadata file, remove everything. */
   close(closed?: (metadataPath: string) => void): Promise<void>;
 }> {
@@ -39,11 +39,12 @@ async function servePool(threads: boolean, features: string[] = [], dataBytes = 
   const pool = await Pool.open({ metadataPath: join(dir, 'meta'), dataPath: join(dir, 'data'), dataBlockSectors: BLOCK / 512, features });
   await pool.message('create_thin 0');
   const dev = await pool.openThin(0, SIZE);
-  const server = new NbdServer([new ThinExport(dev, { name: 't' })], { threads });
+  const exp = new ThinExport(dev, { name: 't' });
+  const server = new NbdServer([exp], { threads });
   const sock = join(dir, 's.sock');
   await server.listenUnix(sock);
   return {
-    pool, dev, server, sock,
+    pool, dev, server, sock, exp,
     close: async (closed) => {
       try {
         await server.close();
@@ -474,6 +475,83 @@ test('thin export on threads: pipelined writes of every size, from a byte to pas
     }
     assert.ok(dev.adoptedBlocks > 0, 'some went into leased blocks');
     c.close();
+  } finally {
+    await close(thinCheckClean);
+  }
+});
+
+test('thin export on threads: READs inside a map are planned on the thread; what another connection (or the pool) changes is read at once; a suspend holds them', async () => {
+  const { pool, dev, server, sock, exp, close } = await servePool(true);
+  // count the batches planned and the maps made on the event loop
+  const file = exp.blockingFile!;
+  const counts = { plans: 0, maps: 0 };
+  Object.assign(exp, {
+    blockingFile: {
+      ...file,
+      plan: (requests: readonly BatchRequest[]) => (counts.plans++, file.plan!(requests)),
+      readMaps: { ...file.readMaps!, lookUp: (offset: number, length: number) => (counts.maps++, file.readMaps!.lookUp(offset, length)) },
+    },
+  });
+  try {
+    const image = randomBytes(64 * BLOCK);
+    await dev.write(image, 0);
+    const [c, w] = await Promise.all([attachWithMeta(sock, 't'), attachWithMeta(sock, 't')]);
+    await until(() => server.threadedCount === 2);
+    let cookie = 0n;
+    const readsAs = async (offset: number, expected: Buffer, what: string): Promise<void> => {
+      assert.ok((await readChunkData(c, ++cookie, offset, expected.length)).equals(expected), what);
+    };
+    await readsAs(0, image.subarray(0, BLOCK), 'the first read');
+    assert.deepEqual(counts, { plans: 1, maps: 1 }, 'the first read is planned, and a map asked for with it');
+    for (let i = 1; i < 40; i++) await readsAs(i * BLOCK + 7, image.subarray(i * BLOCK + 7, (i + 1) * BLOCK + 7), `read ${i}`);
+    await readsAs(60 * BLOCK, Buffer.concat([image.subarray(60 * BLOCK), Buffer.alloc(4 * BLOCK)]), 'into blocks never written');
+    assert.deepEqual(counts, { plans: 1, maps: 1 }, 'the reads inside the map were planned on the thread');
+
+    // each change, answered on the other connection (or made by the pool), is what the next read finds
+    const changes: Array<[string, () => Promise<void>, number, Buffer]> = [
+      ['a whole-block write (leased)', async () => {
+        w.sendRequest(CMD.WRITE, 0, ++cookie, 5 * BLOCK, BLOCK, Buffer.alloc(BLOCK, 1));
+        assert.equal((await w.readSimpleReply()).error, 0);
+      }, 5 * BLOCK, Buffer.alloc(BLOCK, 1)],
+      ['a partial write (planned)', async () => {
+        w.sendRequest(CMD.WRITE, 0, ++cookie, 6 * BLOCK + 10, 5, Buffer.from('hello'));
+        assert.equal((await w.readSimpleReply()).error, 0);
+      }, 6 * BLOCK + 10, Buffer.from('hello')],
+      ['a trim', async () => {
+        w.sendRequest(CMD.TRIM, 0, ++cookie, 7 * BLOCK, 2 * BLOCK);
+        assert.equal((await w.readSimpleReply()).error, 0);
+      }, 7 * BLOCK, Buffer.alloc(2 * BLOCK)],
+      ['a write through the pool after a snapshot', async () => {
+        await dev.suspend();
+        await pool.message('create_snap 1 0');
+        dev.resume();
+        await dev.write(Buffer.alloc(100, 2), 9 * BLOCK);
+      }, 9 * BLOCK, Buffer.alloc(100, 2)],
+    ];
+    for (const [what, change, offset, expected] of changes) {
+      const before = Buffer.alloc(expected.length);
+      await dev.read(before, offset);
+      await readsAs(offset, before, `before ${what}`);
+      await change();
+      await readsAs(offset, expected, `after ${what}`);
+    }
+
+    // a map is in use again (the read after this one is not planned on the event loop) ...
+    await readsAs(20 * BLOCK, image.subarray(20 * BLOCK, 21 * BLOCK), 'a read that asks for a map');
+    const plans = counts.plans;
+    await readsAs(21 * BLOCK, image.subarray(21 * BLOCK, 22 * BLOCK), 'a read from the map');
+    assert.equal(counts.plans, plans);
+    // ... and a suspend holds the reads made from it
+    await dev.suspend();
+    c.sendRequest(CMD.READ, 0, ++cookie, 22 * BLOCK, BLOCK);
+    let answered = false;
+    const reply = c.readChunk().then((chunk) => { answered = true; return chunk; });
+    await new Promise((r) => setTimeout(r, 200));
+    assert.equal(answered, false, 'answered while suspended');
+    dev.resume();
+    assert.ok((await reply).payload.subarray(8).equals(image.subarray(22 * BLOCK, 23 * BLOCK)));
+    c.close();
+    w.close();
   } finally {
     await close(thinCheckClean);
   }
