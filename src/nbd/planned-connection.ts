@@ -403,7 +403,7 @@ export class PlannedConnection {
  * is checked again once it is done: a block freed and handed out meanwhile may hold someone
  * else's bytes, and the read then goes the planned way.
  */
-class MappedReads {
+export class MappedReads {
   private map: ReadMap | null = null;
   /** The epoch the map is valid in. */
   private validIn = 0;
