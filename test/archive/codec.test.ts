@@ -2,7 +2,7 @@
 // path cleaning and whiteout naming. No filesystem.
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { isStrataError } from '../../src/errors.js';
 import {
@@ -12,7 +12,7 @@ import {
 } from '../../src/archive/index.js';
 import { goJsonString } from '../../src/archive/go-json.js';
 import { formatPaxRecord } from '../../src/archive/tar/pax.js';
-import { parseNumeric } from '../../src/archive/tar/header.js';
+import { computeChecksum, parseNumeric } from '../../src/archive/tar/header.js';
 import { bufferStream } from './helpers.js';
 
 function code(fn: () => unknown): string {
@@ -349,5 +349,31 @@ describe('mtime comparison (changes)', () => {
     assert.ok(sameTime(s + 106972023n, s + 106971000n), 'Node rounding');
     assert.ok(!sameTime(s + 106972023n, s + 106960000n));
     assert.ok(!sameTime(s + 5n, s + 1_000_000_005n), 'different seconds');
+  });
+});
+
+describe('header checksum', () => {
+  /** The sums byte by byte, as the format defines them (the checksum field counted as spaces). */
+  function bytewise(block: Uint8Array): [number, number] {
+    let unsigned = 0;
+    let signed = 0;
+    for (let i = 0; i < 512; i++) {
+      const c = i >= 148 && i < 156 ? 0x20 : block[i]!;
+      unsigned += c;
+      signed += c >= 0x80 ? c - 256 : c;
+    }
+    return [unsigned, signed];
+  }
+
+  it('word-at-a-time (aligned blocks) and byte-at-a-time (others) agree with the definition', () => {
+    const blocks = [Buffer.alloc(512), Buffer.alloc(512, 0xff), Buffer.alloc(512, 0x80), Buffer.alloc(512, 0x7f), ...Array.from({ length: 50 }, () => randomBytes(512))];
+    for (const block of blocks) {
+      for (const offset of [0, 1, 2, 4]) {
+        const placed = Buffer.alloc(520);
+        block.copy(placed, offset);
+        const view = placed.subarray(offset, offset + 512);
+        assert.deepEqual(computeChecksum(view), bytewise(block), `at offset ${offset}`);
+      }
+    }
   });
 });

@@ -181,10 +181,27 @@ export function formatBase256(target: Buffer, start: number, length: number, val
 export function computeChecksum(block: Uint8Array): [number, number] {
   let unsigned = 0;
   let high = 0; // bytes >= 0x80, which count 256 less when signed
-  for (let i = 0; i < BLOCK; i++) {
-    const c = block[i]!;
-    unsigned += c;
-    high += c >> 7;
+  if (block.byteOffset % 4 === 0) {
+    // four bytes a step, summed in lanes that cannot overflow within a block: every header of
+    // a layer is checked twice (the recorder and the applier), and the byte loop took 2.5-3x as long
+    const words = new Uint32Array(block.buffer, block.byteOffset, BLOCK / 4);
+    let even = 0; // bytes 0 and 2 of each word, in two 16-bit lanes (at most 128 × 255 each)
+    let odd = 0; // bytes 1 and 3
+    let highs = 0; // the top bit of each byte, in four 8-bit lanes (at most 128 each)
+    for (let i = 0; i < BLOCK / 4; i++) {
+      const w = words[i]!;
+      even += w & 0x00ff00ff;
+      odd += (w >>> 8) & 0x00ff00ff;
+      highs += (w >>> 7) & 0x01010101;
+    }
+    unsigned = (even & 0xffff) + (even >>> 16) + (odd & 0xffff) + (odd >>> 16);
+    high = (highs & 0xff) + ((highs >>> 8) & 0xff) + ((highs >>> 16) & 0xff) + (highs >>> 24);
+  } else {
+    for (let i = 0; i < BLOCK; i++) {
+      const c = block[i]!;
+      unsigned += c;
+      high += c >> 7;
+    }
   }
   for (let i = 148; i < 156; i++) {
     const c = block[i]!;
