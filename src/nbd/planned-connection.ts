@@ -274,12 +274,14 @@ export class PlannedConnection {
   }
 
   /**
-   * Answer the queued READs the map covers, up to the first WRITE (which they must not overtake),
-   * unless WRITEs of this connection are still unanswered. false once the client has gone.
+   * Answer the queued READs the map covers, up to the first request that is not one, unless
+   * requests received before them may still change the device: WRITEs unanswered, or anything
+   * waiting to go alone (a FUA WRITE, a TRIM), which queued requests never overtake either.
+   * false once the client has gone.
    */
   private readFromMap(): boolean {
     const { reads } = this;
-    if (!reads?.usable || (this.leased?.pending ?? 0) > 0 || this.posted?.some((r) => r.req.type === CMD.WRITE)) return true;
+    if (!reads?.usable || this.alone.length > 0 || (this.leased?.pending ?? 0) > 0 || this.posted?.some((r) => r.req.type === CMD.WRITE)) return true;
     let i = 0;
     for (; i < this.queued.length; i++) {
       const { req } = this.queued[i]!;

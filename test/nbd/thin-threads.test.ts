@@ -541,15 +541,22 @@ test('thin export on threads: READs inside a map are planned on the thread; what
     const plans = counts.plans;
     await readsAs(21 * BLOCK, image.subarray(21 * BLOCK, 22 * BLOCK), 'a read from the map');
     assert.equal(counts.plans, plans);
+    // ... and does not let a READ overtake a FUA WRITE sent before it on the same connection
+    // (which goes alone, to the event loop)
+    c.sendRequest(CMD.WRITE, CMD_FLAG.FUA, ++cookie, 23 * BLOCK, BLOCK, Buffer.alloc(BLOCK, 3));
+    c.sendRequest(CMD.READ, 0, ++cookie, 23 * BLOCK, BLOCK);
+    assert.equal((await c.readSimpleReply()).error, 0, 'the write is answered first');
+    assert.ok((await c.readChunk()).payload.subarray(8).equals(Buffer.alloc(BLOCK, 3)), 'the read after it sees it');
+    await readsAs(24 * BLOCK, image.subarray(24 * BLOCK, 25 * BLOCK), 'a read that asks for a map');
     // ... and a suspend holds the reads made from it
     await dev.suspend();
-    c.sendRequest(CMD.READ, 0, ++cookie, 22 * BLOCK, BLOCK);
+    c.sendRequest(CMD.READ, 0, ++cookie, 25 * BLOCK, BLOCK);
     let answered = false;
     const reply = c.readChunk().then((chunk) => { answered = true; return chunk; });
     await new Promise((r) => setTimeout(r, 200));
     assert.equal(answered, false, 'answered while suspended');
     dev.resume();
-    assert.ok((await reply).payload.subarray(8).equals(image.subarray(22 * BLOCK, 23 * BLOCK)));
+    assert.ok((await reply).payload.subarray(8).equals(image.subarray(25 * BLOCK, 26 * BLOCK)));
     c.close();
     w.close();
   } finally {
