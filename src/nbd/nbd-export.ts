@@ -46,7 +46,7 @@ export interface LeasedWrites {
   readonly blockBytes: number;
   /** [FAST_OPEN, FAST_INFLIGHT] in shared memory (thin-device.ts): writes start only while open. */
   readonly gate: Int32Array;
-  /** The pool's map epoch (ReadMaps.epoch): the thread adds one to it before answering writes. */
+  /** The pool's map epoch (ReadMaps.epoch): the thread adds one to it once it has published writes, before it answers them. */
   readonly mapEpoch: Int32Array;
   lease(max: number): number[];
   returnLease(blocks: readonly number[]): void;

@@ -45,7 +45,7 @@ import type { Negotiated } from './handshake.js';
 import type { SocketReader } from './socket-reader.js';
 import { answer, checkContextOf, type Output, type TransmissionHooks } from './transmission.js';
 import type { BatchRequest, PlannedBatch, RequestPlan } from '../thin/thin-device.js';
-import type { LeasedWrites } from './nbd-export.js';
+import type { LeasedWrites, ReadMaps } from './nbd-export.js';
 import type { ReadMap } from '../thin/read-map.js';
 
 /** A connection for a thread (posted to it). */
@@ -86,8 +86,8 @@ export interface PlannedJob extends ThreadJobBase {
   wakeFd: number;
   /** Where the export takes writes into leased blocks (NbdExport.blockingFile.leasedWrites). */
   leased?: LeaseJob;
-  /** What the thread plans READs from maps with (NbdExport.blockingFile.readMaps). */
-  readMaps?: { blockBytes: number; epoch: Int32Array; gate: Int32Array };
+  /** What the thread plans READs from maps with (NbdExport.blockingFile.readMaps, less the lookup). */
+  readMaps?: Omit<ReadMaps, 'lookUp'>;
 }
 
 /**
@@ -101,7 +101,7 @@ export interface LeaseJob {
   ring: SharedArrayBuffer;
   askBelow: number;
   gate: Int32Array;
-  /** The pool's map epoch, added to before writes are answered (LeasedWrites.mapEpoch). */
+  /** The pool's map epoch, added to once writes are published (LeasedWrites.mapEpoch). */
   epoch: Int32Array;
   blockBytes: number;
   lease: number[];

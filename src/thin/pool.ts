@@ -67,7 +67,8 @@ export class Pool {
   /**
    * Counts changes to the metadata, in memory shared with readers on other threads (read-map.ts):
    * each step that may change a mapping, free a block or hand one out adds one before it runs.
-   * Writers outside the pool (ThinDevice.adopt's) add one before answering a write.
+   * Writers outside the pool (ThinDevice.adopt's) add one once they have published writes,
+   * before they answer them.
    */
   readonly mapEpoch = new Int32Array(new SharedArrayBuffer(4));
   private readonly open = new Map<number, ThinDevice>();
@@ -230,6 +231,11 @@ export class Pool {
       const p = this.landing.get(b);
       if (p) into.add(p);
     }
+  }
+
+  /** Whether a write is still landing on data block `block`. */
+  isLanding(block: number): boolean {
+    return this.landing.has(block);
   }
 
   /** Wait until no data I/O started outside the mutex is in flight (with the mutex held, none

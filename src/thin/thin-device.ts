@@ -378,11 +378,8 @@ export class ThinDevice {
     if (blocks.length === 0) return { firstBlock, blocks };
     await this.pool.locked(async () => {
       if (this.closed) return void blocks.fill(UNKNOWN);
-      const landing = new Set<Promise<void>>();
       await this.pool.md.mappingsInRange(this.id, firstBlock, firstBlock + blocks.length, (vb, m) => {
-        this.pool.landingOn(m.block, m.block, landing);
-        blocks[vb - firstBlock] = landing.size > 0 ? UNKNOWN : m.block;
-        landing.clear();
+        blocks[vb - firstBlock] = this.pool.isLanding(m.block) ? UNKNOWN : m.block;
       });
     });
     return { firstBlock, blocks };
