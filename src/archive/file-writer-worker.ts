@@ -5,22 +5,25 @@
  */
 import { parentPort } from 'node:worker_threads';
 import { closeSync, constants, fchmodSync, fchownSync, futimesSync, openSync, writeSync } from 'node:fs';
-import type { BatchReply, FileBatch } from './file-writer.js';
+import { FILE_FIELDS, FileField, type BatchReply, type FileBatch } from './file-batch.js';
 
 const O_CREATE_FILE = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
 const port = parentPort!;
 
 function write(batch: FileBatch): BatchReply {
   const data = Buffer.from(batch.data);
-  for (let i = 0; i < batch.files.length; i++) {
-    const f = batch.files[i]!;
+  const paths = batch.paths.split('\0');
+  const n = batch.fields;
+  for (let i = 0; i < paths.length; i++) {
+    const at = i * FILE_FIELDS;
     try {
-      const fd = openSync(f.path, O_CREATE_FILE, 0o600);
+      const fd = openSync(paths[i]!, O_CREATE_FILE, 0o600);
       try {
-        for (let off = f.offset, end = f.offset + f.length; off < end;) off += writeSync(fd, data, off, end - off);
-        if (batch.chown) fchownSync(fd, f.uid, f.gid);
-        fchmodSync(fd, f.mode);
-        futimesSync(fd, f.atime, f.mtime);
+        const end = n[at + FileField.Offset]! + n[at + FileField.Length]!;
+        for (let off = n[at + FileField.Offset]!; off < end;) off += writeSync(fd, data, off, end - off);
+        if (batch.chown) fchownSync(fd, n[at + FileField.Uid]!, n[at + FileField.Gid]!);
+        fchmodSync(fd, n[at + FileField.Mode]!);
+        futimesSync(fd, n[at + FileField.Atime]!, n[at + FileField.Mtime]!);
       } finally {
         closeSync(fd);
       }

@@ -1,6 +1,7 @@
 import type { Worker } from 'node:worker_threads';
 import { startWorker } from '../util/worker-thread.js';
 import type { TarHeader } from './tar/header.js';
+import type { BatchReply, FileBatch } from './file-batch.js';
 
 /**
  * New small files of a layer, written on a worker thread in batches. Each file costs half a dozen
@@ -14,31 +15,6 @@ import type { TarHeader } from './tar/header.js';
  * which it does before anything that could depend on them.
  */
 
-export interface FileJob {
-  path: string;
-  offset: number;
-  length: number;
-  mode: number;
-  uid: number;
-  gid: number;
-  atime: number;
-  mtime: number;
-}
-
-export interface FileBatch {
-  id: number;
-  chown: boolean;
-  /** The files' bytes (a reused buffer: only the files' ranges matter); handed back in the reply. */
-  data: ArrayBuffer;
-  files: FileJob[];
-}
-
-export interface BatchReply {
-  id: number;
-  data: ArrayBuffer;
-  failed?: { index: number; message: string; code?: string | undefined; errno?: number | undefined; syscall?: string | undefined };
-}
-
 /** A batch is sent once it holds this many bytes or files. */
 const BATCH_BYTES = 1 << 20;
 const BATCH_FILES = 256;
@@ -48,7 +24,8 @@ export const MAX_FILE = 1 << 20;
 const BUFFER_BYTES = BATCH_BYTES + MAX_FILE;
 
 export class SmallFileWriter {
-  private files: FileJob[] = [];
+  private paths: string[] = [];
+  private fields: number[] = [];
   private rels: string[] = [];
   /** The batch being filled: files' bytes are copied in as they arrive. */
   private data: ArrayBuffer | null = null;
@@ -98,22 +75,24 @@ export class SmallFileWriter {
    * on the error names the entry), else null.
    */
   add(path: string, rel: string, length: number, h: TarHeader): Promise<void> | null {
-    this.files.push({
-      path, offset: this.bytes, length, mode: h.mode & 0o7777, uid: h.uid, gid: h.gid, atime: h.atime ?? h.mtime, mtime: h.mtime,
-    });
+    this.paths.push(path);
+    // (in FileField order: file-batch.ts)
+    this.fields.push(this.bytes, length, h.mode & 0o7777, h.uid, h.gid, h.atime ?? h.mtime, h.mtime);
     this.rels.push(rel);
     this.bytes += length;
-    return this.bytes >= BATCH_BYTES || this.files.length >= BATCH_FILES ? this.send() : null;
+    return this.bytes >= BATCH_BYTES || this.paths.length >= BATCH_FILES ? this.send() : null;
   }
 
   /** Send what is queued; the promise of that batch, or null if nothing was queued. */
   send(): Promise<void> | null {
-    if (this.files.length === 0) return null;
+    if (this.paths.length === 0) return null;
     const data = this.data!;
-    const batch: FileBatch = { id: this.nextId++, chown: this.chown, data, files: this.files };
+    const fields = Float64Array.from(this.fields);
+    const batch: FileBatch = { id: this.nextId++, chown: this.chown, data, paths: this.paths.join('\0'), fields };
     const done = new Promise<void>((resolve, reject) => this.pending.set(batch.id, { rels: this.rels, resolve, reject }));
-    this.worker.postMessage(batch, [data]);
-    this.files = [];
+    this.worker.postMessage(batch, [data, fields.buffer]);
+    this.paths = [];
+    this.fields = [];
     this.rels = [];
     this.data = null;
     this.bytes = 0;
