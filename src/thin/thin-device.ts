@@ -1,5 +1,5 @@
 import type { Pool } from './pool.js';
-import { UNKNOWN, UNMAPPED, type ReadMap } from './read-map.js';
+import { runsFromMap, UNKNOWN, UNMAPPED, type ReadMap } from './read-map.js';
 import { formatThinStatus, type ThinStatus } from './status.js';
 import { isStrataError, strataError } from '../errors.js';
 
@@ -137,30 +137,20 @@ export class ThinDevice {
    * rest unmapped (zeros). Writes still landing on those blocks are added to `landing`. Mutex held.
    */
   private async planRead(offset: number, length: number, landing: Set<Promise<void>>): Promise<DataRun[]> {
-    const pool = this.pool;
-    const bs = pool.blockBytes;
-    const end = offset + length;
-    const map = await this.mappings(offset, end);
-    const runs: DataRun[] = [];
-    for (let pos = offset; pos < end;) {
-      const vb = Math.floor(pos / bs);
-      const n = Math.min(bs - (pos - vb * bs), end - pos);
-      const m = map.get(vb);
-      if (!m) {
-        pos += n;
-        continue;
-      }
-      // extend over following blocks mapped to consecutive data blocks: one read
-      let runEnd = pos + n;
-      for (let next = m.block + 1; runEnd < end && map.get(runEnd / bs)?.block === next; next++) {
-        runEnd += Math.min(bs, end - runEnd);
-      }
-      const dataOffset = m.block * bs + (pos - vb * bs);
-      runs.push({ at: pos - offset, dataOffset, length: runEnd - pos });
-      pool.landingOn(m.block, Math.floor((dataOffset + (runEnd - pos) - 1) / bs), landing);
-      pos = runEnd;
-    }
+    if (length <= 0) return [];
+    const bs = this.pool.blockBytes;
+    const firstBlock = Math.floor(offset / bs);
+    const map = { firstBlock, blocks: await this.dataBlocks(firstBlock, Math.floor((offset + length - 1) / bs) + 1 - firstBlock) };
+    const runs = runsFromMap(map, bs, offset, length)!; // (every block covered, none UNKNOWN)
+    for (const r of runs) this.pool.landingOn(Math.floor(r.dataOffset / bs), Math.floor((r.dataOffset + r.length - 1) / bs), landing);
     return runs;
+  }
+
+  /** The data block of each of `count` virtual blocks from `firstBlock`, UNMAPPED where none. Mutex held. */
+  private async dataBlocks(firstBlock: number, count: number): Promise<Float64Array> {
+    const blocks = new Float64Array(count).fill(UNMAPPED);
+    await this.pool.md.mappingsInRange(this.id, firstBlock, firstBlock + count, (vb, m) => void (blocks[vb - firstBlock] = m.block));
+    return blocks;
   }
 
   async write(buf: Buffer, offset: number, opts: { fua?: boolean } = {}): Promise<void> {
@@ -374,13 +364,12 @@ export class ThinDevice {
     const bs = this.pool.blockBytes;
     const firstBlock = Math.floor(Math.max(0, offset) / bs);
     const end = Math.min(this.size, offset + length, (firstBlock + maxBlocks) * bs);
-    const blocks = new Float64Array(Math.max(0, Math.ceil(end / bs) - firstBlock)).fill(UNMAPPED);
-    if (blocks.length === 0) return { firstBlock, blocks };
-    await this.pool.locked(async () => {
-      if (this.closed) return void blocks.fill(UNKNOWN);
-      await this.pool.md.mappingsInRange(this.id, firstBlock, firstBlock + blocks.length, (vb, m) => {
-        blocks[vb - firstBlock] = this.pool.isLanding(m.block) ? UNKNOWN : m.block;
-      });
+    const count = Math.max(0, Math.ceil(end / bs) - firstBlock);
+    const blocks = await this.pool.locked(async () => {
+      if (this.closed) return new Float64Array(count).fill(UNKNOWN);
+      const found = await this.dataBlocks(firstBlock, count);
+      for (let i = 0; i < count; i++) if (found[i]! >= 0 && this.pool.isLanding(found[i]!)) found[i] = UNKNOWN;
+      return found;
     });
     return { firstBlock, blocks };
   }
